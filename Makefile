@@ -1,0 +1,67 @@
+# edgewatch: `make demo` runs the main job end to end, `make test` runs every check.
+# Both set up what they need on a fresh machine (Debian packages, venv, Kafka jars).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+JARS   := .cache/kafka-libs/.fetched
+PYTEST_ARGS ?=
+
+.PHONY: setup system-deps lint typecheck pytest test test-unit demo bench stack-up stack-down stack-status bundles clean
+
+setup: system-deps $(STAMP) $(JARS)
+
+system-deps:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
+		{ echo "installing mosquitto"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto; }
+	@command -v java >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openjdk-17-jre-headless; }
+	@command -v mvn >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq maven; }
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[edge,train,dev]"
+	touch $@
+
+$(JARS): deploy/dev/kafka/pom.xml
+	mvn -q -B -f deploy/dev/kafka/pom.xml dependency:copy-dependencies
+	touch $@
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -m "not broker" $(PYTEST_ARGS)
+
+test: setup lint typecheck pytest
+
+demo: setup
+	$(PY) deploy/dev/demo.py
+
+bench: setup
+	$(PY) tests/bench/agent_throughput.py --json
+	$(PY) tests/bench/bridge_throughput.py --json
+
+bundles: setup
+	$(VENV)/bin/edgewatch-models build-bundles
+
+stack-up: setup
+	$(PY) deploy/dev/stack.py up
+
+stack-down:
+	$(PY) deploy/dev/stack.py down
+
+stack-status:
+	$(PY) deploy/dev/stack.py status
+
+clean:
+	-$(PY) deploy/dev/stack.py destroy
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,88 @@
+"""Command-line pieces every service shares: ``validate-config`` and settings loading."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from pydantic import SecretStr, ValidationError
+
+from plumbing.errors import ConfigError
+from plumbing.settings import ServiceSettings
+
+_HIDDEN_WORDS = ("password", "secret", "token")
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def _is_secret_path(loc: Iterable[Any]) -> bool:
+    return any(isinstance(part, str) and any(w in part for w in _HIDDEN_WORDS) for part in loc)
+
+
+def format_validation_error(error: ValidationError) -> list[str]:
+    """One line per problem: dotted field path, the value given, and what is wrong."""
+    lines = []
+    for item in error.errors():
+        loc = item["loc"]
+        path = ".".join(str(part) for part in loc) or "(top level)"
+        value = item.get("input")
+        shown = "<hidden>" if _is_secret_path(loc) or isinstance(value, SecretStr) else repr(value)
+        if len(shown) > 120:
+            shown = shown[:117] + "..."
+        lines.append(f"{path}: {item['msg']} (got {shown})")
+    return lines
+
+
+def load_or_explain(settings_cls: type[S], config_file: Path | None) -> tuple[S | None, list[str]]:
+    """Load settings, or return the list of readable problems."""
+    try:
+        return settings_cls.load(config_file), []
+    except ValidationError as exc:
+        return None, format_validation_error(exc)
+    except tomllib.TOMLDecodeError as exc:
+        return None, [f"{config_file}: not valid TOML: {exc}"]
+    except (ConfigError, OSError) as exc:
+        return None, [str(exc)]
+
+
+def validate_config(
+    settings_cls: type[ServiceSettings], config_file: Path, out: TextIO | None = None
+) -> int:
+    """Print every problem and return 1, or a short summary and return 0."""
+    out = out or sys.stdout
+    settings, problems = load_or_explain(settings_cls, config_file)
+    if settings is None:
+        print(f"{config_file}: {len(problems)} problem(s)", file=out)
+        for line in problems:
+            print(f"  {line}", file=out)
+        return 1
+    print(f"{config_file}: valid {settings_cls.service_name} configuration", file=out)
+    for line in settings.summary():
+        print(f"  {line}", file=out)
+    return 0
+
+
+def add_config_commands(subparsers: Any) -> None:
+    """Add ``validate-config FILE`` to a service's argument parser."""
+    check = subparsers.add_parser("validate-config", help="check a configuration file and exit")
+    check.add_argument("config", type=Path, help="TOML configuration file")
+
+
+def require_settings(settings_cls: type[S], config_file: Path | None) -> S:
+    """Load settings for a run, or print the problems and exit with status 1."""
+    settings, problems = load_or_explain(settings_cls, config_file)
+    if settings is None:
+        for line in problems:
+            print(f"config error: {line}", file=sys.stderr)
+        raise SystemExit(1)
+    return settings
+
+
+def base_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, Any]:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_config_commands(subparsers)
+    return parser, subparsers

@@ -1,0 +1,91 @@
+"""Wire contracts: topic names, event ids and the scored-event document.
+
+Everything that crosses MQTT or Kafka is named here once, so the agent, the bridge and the
+model tools cannot disagree about it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+EventKind = Literal["raw", "scored", "alerts", "deadletter"]
+EVENT_KINDS: tuple[EventKind, ...] = ("raw", "scored", "alerts", "deadletter")
+MAX_EVENT_ID_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class TopicParts:
+    """The parts of ``{prefix}/{device}/{kind}/{stream}``."""
+
+    device: str
+    kind: str
+    stream: str
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Builds and parses edgewatch MQTT topic names under one prefix."""
+
+    prefix: str = "edge"
+
+    def event(self, device: str, kind: EventKind, stream: str) -> str:
+        return f"{self.prefix}/{device}/{kind}/{stream}"
+
+    def event_filter(self, kind: EventKind, stream: str = "+") -> str:
+        return f"{self.prefix}/+/{kind}/{stream}"
+
+    def status(self, node: str, service: str) -> str:
+        return f"{self.prefix}/{node}/status/{service}"
+
+    def status_filter(self) -> str:
+        return f"{self.prefix}/+/status/+"
+
+    def model(self, name: str) -> str:
+        return f"{self.prefix}/models/{name}"
+
+    def parse(self, topic: str) -> TopicParts | None:
+        """Split an event or status topic; None when it is not one of ours."""
+        parts = topic.split("/")
+        if len(parts) != 4 or parts[0] != self.prefix or not all(parts[1:]):
+            return None
+        return TopicParts(device=parts[1], kind=parts[2], stream=parts[3])
+
+
+def event_id_of(topic: str, payload: bytes, document: object = None) -> str:
+    """The stable id of an event: the payload's own ``event_id``, else a content hash.
+
+    The hash covers the topic and the exact payload bytes, so a redelivered message gets the
+    same id on every box and in every service.
+    """
+    if isinstance(document, dict):
+        own = document.get("event_id")
+        if isinstance(own, str) and 0 < len(own) <= MAX_EVENT_ID_CHARS:
+            return own
+    digest = hashlib.sha256(topic.encode("utf-8") + b"\x00" + payload).hexdigest()
+    return digest[:32]
+
+
+def dumps(document: dict[str, Any]) -> bytes:
+    """Compact, strict JSON (no NaN) as UTF-8 bytes, the one encoding of every event."""
+    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def deadletter_document(
+    *, event_id: str, topic: str, reason: str, detail: str, payload: bytes, service: str
+) -> dict[str, Any]:
+    """A dead-letter entry: why, where from, and enough of the input to look at it."""
+    preview = payload[:512]
+    return {
+        "event_id": event_id,
+        "reason": reason,
+        "detail": detail[:500],
+        "source_topic": topic,
+        "payload_bytes": len(payload),
+        "payload_preview": preview.decode("utf-8", errors="replace"),
+        "rejected_by": service,
+        "rejected_at": time.time(),
+    }

@@ -1,0 +1,189 @@
+"""One way to build an MQTT client: MQTT 5, persistent session, QoS 1, manual acks.
+
+Callbacks given here run on paho's network thread; they must only hand work off.
+Subscriptions are made in ``on_connect`` so that every reconnect restores them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from plumbing.errors import EdgewatchError
+from plumbing.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+QOS_AT_LEAST_ONCE = 1
+
+
+class MqttError(EdgewatchError):
+    """The broker refused us, or a publish could not be queued."""
+
+
+class MqttConnection:
+    """A connected paho client with resubscription, a retained status and a last will.
+
+    ``subscriptions`` are (filter, qos) pairs made on every (re)connect. ``on_message``
+    gets paho's message; with ``manual_ack`` the caller acks through :meth:`ack`.
+    ``generation`` counts connections: message ids of an older generation are stale.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        *,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_message: Callable[[paho.MQTTMessage], None] | None = None,
+        manual_ack: bool = False,
+        will: tuple[str, bytes] | None = None,
+        max_inflight: int = 1000,
+        on_publish: Callable[[int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.subscriptions = list(subscriptions)
+        self.generation = 0
+        self.connected = threading.Event()
+        self._on_message = on_message
+        self._on_publish = on_publish
+        self._connect_listeners: list[Callable[[], None]] = []
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=manual_ack,
+        )
+        if settings.username is not None:
+            password = settings.password.get_secret_value() if settings.password else None
+            client.username_pw_set(settings.username, password)
+        if settings.tls_ca_file is not None:
+            client.tls_set(
+                ca_certs=str(settings.tls_ca_file),
+                certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
+                keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
+            )
+        if will is not None:
+            client.will_set(will[0], will[1], qos=QOS_AT_LEAST_ONCE, retain=True)
+        client.reconnect_delay_set(
+            min_delay=max(1, int(settings.reconnect_min_s)),
+            max_delay=max(1, int(settings.reconnect_max_s)),
+        )
+        client.max_inflight_messages_set(max_inflight)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        client.on_publish = self._handle_publish
+        self.client = client
+
+    def add_connect_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` on the network thread after each successful (re)connect."""
+        self._connect_listeners.append(listener)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Connect (persistent session) and start the network thread; wait for CONNACK."""
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self.settings.session_expiry_s
+        properties.ReceiveMaximum = self.settings.receive_maximum
+        self.client.connect_async(
+            self.settings.host,
+            self.settings.port,
+            keepalive=self.settings.keepalive_s,
+            clean_start=False,
+            properties=properties,
+        )
+        self.client.loop_start()
+        if not self.connected.wait(timeout_s):
+            self.client.loop_stop()
+            raise MqttError(
+                f"no connection to MQTT broker {self.settings.host}:{self.settings.port} "
+                f"within {timeout_s:.0f}s"
+            )
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
+        """Queue a QoS 1 publish; returns its message id (acked later via on_publish)."""
+        info = self.client.publish(topic, payload, qos=QOS_AT_LEAST_ONCE, retain=retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            # NO_CONN is fine: paho keeps QoS 1 messages and sends them after reconnecting.
+            raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        return int(info.mid)
+
+    def publish_and_wait(
+        self, topic: str, payload: bytes, *, retain: bool = False, timeout_s: float = 10.0
+    ) -> None:
+        """Publish with QoS 1 and block until the broker acknowledged it."""
+        info = self.client.publish(topic, payload, qos=QOS_AT_LEAST_ONCE, retain=retain)
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise MqttError(f"broker did not acknowledge {topic} within {timeout_s}s")
+
+    def ack(self, mid: int, generation: int) -> bool:
+        """Acknowledge an incoming QoS 1 message, unless it came on an older connection.
+
+        After a reconnect the broker redelivers what we had not acked, so acking a stale
+        id could acknowledge a different message: such acks are skipped.
+        """
+        if generation != self.generation:
+            return False
+        self.client.ack(mid, QOS_AT_LEAST_ONCE)
+        return True
+
+    def _handle_connect(
+        self,
+        client: paho.Client,
+        _userdata: Any,
+        _flags: Any,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT broker refused the connection: %s", reason_code)
+            return
+        self.generation += 1
+        if self.subscriptions:
+            result, _mid = client.subscribe(list(self.subscriptions))
+            if result != paho.MQTT_ERR_SUCCESS:
+                log.error("subscribe failed: %s", paho.error_string(result))
+        for listener in self._connect_listeners:
+            listener()
+        log.info("MQTT connected to %s:%d", self.settings.host, self.settings.port)
+        self.connected.set()
+
+    def _handle_disconnect(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        _flags: Any,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        self.connected.clear()
+        if reason_code.is_failure:
+            log.warning("MQTT disconnected: %s; paho reconnects", reason_code)
+
+    def _handle_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        if self._on_message is not None:
+            self._on_message(msg)
+
+    def _handle_publish(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        mid: int,
+        _reason_code: ReasonCode,
+        _properties: Properties,
+    ) -> None:
+        if self._on_publish is not None:
+            self._on_publish(mid)
