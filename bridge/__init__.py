@@ -1,0 +1,1 @@
+"""edgewatch bridge: MQTT → Kafka forwarding through a durable spool; models back to MQTT."""

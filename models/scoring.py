@@ -1,0 +1,138 @@
+"""Scoring with a bundle's TFLite model: the one function the edge and evaluation share.
+
+The interpreter comes from ai_edge_litert, else tflite_runtime, else tensorflow.lite.
+A batch is quantized with the model's own input parameters, run in one ``invoke``, and
+scored against the unquantized input, so int8 saturation of an outlier still shows up as a
+large error. Batches are padded to a power of two and each size keeps its own interpreter,
+so varying batch sizes never reallocate tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from models.bundle import Bundle
+from plumbing.errors import EdgewatchError
+
+FloatArray = npt.NDArray[np.float32]
+INTERPRETER_MODULES = (
+    "ai_edge_litert.interpreter",
+    "tflite_runtime.interpreter",
+    "tensorflow.lite",
+)
+MAX_BUCKET = 4096
+
+
+class ScoringError(EdgewatchError):
+    """No interpreter available, or the model does not fit its manifest."""
+
+
+def interpreter_class() -> tuple[type[Any], str]:
+    """The first importable TFLite interpreter class and the module it came from."""
+    for module_name in INTERPRETER_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        return module.Interpreter, module_name
+    raise ScoringError(
+        "no TFLite interpreter installed: pip install 'edgewatch[edge]' (ai-edge-litert), "
+        "or tflite-runtime, or tensorflow"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """Per-row scores and per-input-value errors (rows × model input width)."""
+
+    scores: FloatArray
+    errors: FloatArray
+
+
+class Scorer:
+    """Scores batches of model inputs with one bundle's model."""
+
+    def __init__(self, bundle: Bundle, num_threads: int = 1) -> None:
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.width = self.manifest.features.input_width
+        self._interpreter_cls, self.runtime = interpreter_class()
+        self._num_threads = num_threads
+        self._by_bucket: dict[int, Any] = {}
+        probe = self._interpreter(1)
+        (self._input,) = probe.get_input_details()
+        (self._output,) = probe.get_output_details()
+        if int(self._input["shape"][-1]) != self.width:
+            raise ScoringError(
+                f"model input width {self._input['shape'][-1]} != feature spec {self.width}"
+            )
+        self._in_scale, self._in_zero = self._input["quantization"]
+        self._out_scale, self._out_zero = self._output["quantization"]
+        self._in_dtype = self._input["dtype"]
+        self._squared = self.manifest.score.kind == "mse"
+
+    def _interpreter(self, bucket: int) -> Any:
+        interpreter = self._by_bucket.get(bucket)
+        if interpreter is None:
+            interpreter = self._interpreter_cls(
+                model_content=self.bundle.model, num_threads=self._num_threads
+            )
+            index = interpreter.get_input_details()[0]["index"]
+            interpreter.resize_tensor_input(index, [bucket, self.width], strict=False)
+            interpreter.allocate_tensors()
+            self._by_bucket[bucket] = interpreter
+        return interpreter
+
+    def reconstruct(self, inputs: FloatArray) -> FloatArray:
+        """The model's reconstruction of each row, dequantized to float32."""
+        rows = len(inputs)
+        out = np.empty((rows, self.width), dtype=np.float32)
+        for start in range(0, rows, MAX_BUCKET):
+            chunk = inputs[start : start + MAX_BUCKET]
+            out[start : start + len(chunk)] = self._run(chunk)
+        return out
+
+    def _run(self, chunk: FloatArray) -> FloatArray:
+        rows = len(chunk)
+        bucket = 1 << max(0, (rows - 1).bit_length())
+        interpreter = self._interpreter(bucket)
+        feed = np.zeros((bucket, self.width), dtype=self._in_dtype)
+        if self._in_scale:
+            info = np.iinfo(self._in_dtype)
+            quantized = np.rint(chunk / self._in_scale) + self._in_zero
+            feed[:rows] = np.clip(quantized, info.min, info.max)
+        else:
+            feed[:rows] = chunk
+        interpreter.set_tensor(self._input["index"], feed)
+        interpreter.invoke()
+        raw: FloatArray = interpreter.get_tensor(self._output["index"])[:rows].astype(np.float32)
+        if self._out_scale:
+            raw = (raw - np.float32(self._out_zero)) * np.float32(self._out_scale)
+        return raw
+
+    def score(self, inputs: FloatArray) -> Scores:
+        """Reconstruction error per row (the manifest's kind) and per input value."""
+        if len(inputs) == 0:
+            return Scores(np.empty(0, np.float32), np.empty((0, self.width), np.float32))
+        diff = inputs - self.reconstruct(inputs)
+        errors = np.square(diff) if self._squared else np.abs(diff)
+        return Scores(errors.mean(axis=1, dtype=np.float32), errors)
+
+    def contributions(self, errors: FloatArray, top_k: int) -> list[dict[str, float]]:
+        """Top features by error per row; windowed errors are averaged over the window."""
+        if top_k == 0 or len(errors) == 0:
+            return [{} for _ in range(len(errors))]
+        spec = self.manifest.features
+        per_feature = errors.reshape(len(errors), spec.window, spec.width).mean(axis=1)
+        k = min(top_k, spec.width)
+        top = np.argsort(-per_feature, axis=1)[:, :k]
+        names = spec.names
+        return [
+            {names[j]: round(float(per_feature[i, j]), 6) for j in top[i]}
+            for i in range(len(errors))
+        ]
