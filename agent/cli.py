@@ -2,19 +2,133 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 from agent.settings import AgentSettings
-from plumbing.cli import base_parser, validate_config
+from plumbing.cli import base_parser, require_settings, validate_config
+from plumbing.errors import EdgewatchError
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import threading
+
+    from agent.service import AgentService
+    from plumbing.lifecycle import install_stop_signals, sd_notify, watchdog_interval_s
+    from plumbing.logsetup import configure_logging
+
+    settings = require_settings(AgentSettings, args.config)
+    configure_logging(settings.log_level)
+    stop = threading.Event()
+    install_stop_signals(stop)
+    service = AgentService(settings)
+    service.start()
+    interval = watchdog_interval_s()
+    while not stop.wait(interval or 1.0):
+        if interval:
+            sd_notify("WATCHDOG=1")
+    service.stop()
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score a file offline through the same pipeline the service runs; print JSONL."""
+    from agent.pipeline import Inbound, Limits, Pipeline, StreamModel
+    from agent.replay import messages_from_file
+    from models.bundle import load_bundle, load_trusted_keys
+    from plumbing.events import Topics
+
+    bundle = load_bundle(args.bundle, load_trusted_keys(args.trusted_keys))
+    stream = args.stream or bundle.manifest.stream
+    topics = Topics()
+    pipeline = Pipeline(topics, Limits(contributions_top_k=args.top_k))
+    pipeline.models[stream] = StreamModel(bundle, max_devices=100_000)
+    messages = messages_from_file(args.file, devices=args.devices)
+    out = sys.stdout
+    for start in range(0, len(messages), 512):
+        chunk = messages[start : start + 512]
+        batch = [Inbound(topics.event(m.device, "raw", stream), m.payload) for m in chunk]
+        for outcome in pipeline.process(batch):
+            out.write(json.dumps(outcome.document, separators=(",", ":")) + "\n")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from agent.replay import messages_from_file, paced
+    from plumbing.events import Topics
+    from plumbing.mqtt import MqttConnection
+    from plumbing.settings import MqttSettings
+
+    settings = MqttSettings(host=args.host, port=args.port, topic_prefix=args.prefix)
+    topics = Topics(args.prefix)
+    messages = [m for path in args.files for m in messages_from_file(path, devices=args.devices)]
+    if args.limit:
+        messages = messages[: args.limit]
+    connection = MqttConnection(settings, f"edgewatch-replay-{time.time_ns()}", max_inflight=1000)
+    connection.start()
+    labels = args.labels_out.open("w") if args.labels_out else None
+    started = time.perf_counter()
+    infos: list[Any] = []
+    for i in paced(len(messages), args.rate):
+        message = messages[i]
+        topic = topics.event(message.device, "raw", args.stream)
+        infos.append(connection.client.publish(topic, message.payload, qos=1))
+        if labels is not None:
+            labels.write(json.dumps({"event_id": message.event_id, "label": message.label}) + "\n")
+        if len(infos) >= 5000:
+            for info in infos:
+                info.wait_for_publish(30)
+            infos.clear()
+    for info in infos:
+        info.wait_for_publish(30)
+    elapsed = time.perf_counter() - started
+    connection.stop()
+    if labels is not None:
+        labels.close()
+    print(json.dumps({"published": len(messages), "seconds": round(elapsed, 3),
+                      "msgs_per_s": round(len(messages) / elapsed, 1)}))  # fmt: skip
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, _subparsers = base_parser("edgewatch-agent", "Edge scoring service.")
+    parser, sub = base_parser("edgewatch-agent", "Edge scoring service.")
+    run = sub.add_parser("run", help="run the scoring service")
+    run.add_argument("--config", type=Path, help="TOML configuration file")
+    run.set_defaults(handler=cmd_run)
+
+    score = sub.add_parser("score", help="score a CSV or JSONL file offline, print JSONL")
+    score.add_argument("bundle", type=Path)
+    score.add_argument("file", type=Path)
+    score.add_argument("--trusted-keys", type=Path, required=True)
+    score.add_argument("--stream", help="stream name (default: the bundle's)")
+    score.add_argument("--devices", type=int, default=1, help="rows go round-robin to N devices")
+    score.add_argument("--top-k", type=int, default=3, help="contributions per event")
+    score.set_defaults(handler=cmd_score)
+
+    replay = sub.add_parser("replay", help="publish data set rows as device messages")
+    replay.add_argument("files", type=Path, nargs="+", help="CSV (credit card, SKAB) or JSONL")
+    replay.add_argument("--stream", required=True, help="e.g. payments or sensors")
+    replay.add_argument("--host", default="127.0.0.1")
+    replay.add_argument("--port", type=int, default=1883)
+    replay.add_argument("--prefix", default="edge")
+    replay.add_argument("--rate", type=float, help="messages per second (default: max)")
+    replay.add_argument("--devices", type=int, default=1)
+    replay.add_argument("--limit", type=int)
+    replay.add_argument("--labels-out", type=Path, help="write event_id -> label JSONL here")
+    replay.set_defaults(handler=cmd_replay)
+
     args = parser.parse_args(argv)
     if args.command == "validate-config":
         return validate_config(AgentSettings, args.config)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    try:
+        return int(args.handler(args))
+    except EdgewatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

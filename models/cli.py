@@ -260,7 +260,9 @@ def _parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build-bundles", help="regenerate models/bundles reproducibly")
     build.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
-    build.add_argument("--key", type=Path, default=Path(".cache/dev-signing-key.pem"))
+    build.add_argument(
+        "--key", type=Path, default=Path("deploy/dev/keys/dev-signing-key.DEVELOPMENT-ONLY.pem")
+    )
     build.add_argument("--out-dir", type=Path, default=REPO_BUNDLES)
     build.set_defaults(run=cmd_build_bundles)
 

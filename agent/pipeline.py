@@ -1,0 +1,190 @@
+"""From raw MQTT messages to scored events, alerts and dead-letters; no I/O here.
+
+The service feeds it micro-batches from MQTT, ``edgewatch-agent score`` feeds it a file:
+both get the same documents. Per stream, a batch is vectorised by the bundle's feature spec
+and scored in one interpreter call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.jsonguard import PayloadRejectedError, parse_object
+from models.bundle import Bundle
+from models.features import WindowState
+from models.scoring import Scorer
+from plumbing.events import Topics, deadletter_document, dumps, event_id_of
+
+NO_MODEL = "no_model"
+BAD_TOPIC = "bad_topic"
+SERVICE = "agent"
+
+
+@dataclass(slots=True)
+class Inbound:
+    """One raw message as it came off MQTT."""
+
+    topic: str
+    payload: bytes
+    received: float = 0.0  # time.monotonic() at receipt
+    token: Any = None  # what the service needs to ack it
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one inbound message produced: documents to publish, and what they say."""
+
+    inbound: Inbound
+    event_id: str
+    stream: str
+    publishes: list[tuple[str, bytes]] = field(default_factory=list)
+    document: dict[str, Any] | None = None
+    reason: str | None = None  # dead-letter reason, when rejected
+    anomaly: bool = False
+
+
+class StreamModel:
+    """A verified bundle in service: its scorer and, for windowed models, device history."""
+
+    def __init__(self, bundle: Bundle, max_devices: int) -> None:
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.scorer = Scorer(bundle)
+        spec = self.manifest.features
+        self.windows = WindowState(spec.window, spec.width, max_devices)
+        self.info = {
+            "name": self.manifest.name,
+            "version": self.manifest.version,
+            "sha256": bundle.sha256,
+        }
+
+
+@dataclass
+class Limits:
+    max_payload_bytes: int = 64 * 1024
+    max_json_depth: int = 32
+    contributions_top_k: int = 3
+
+
+class Pipeline:
+    """Scores micro-batches with the current model of each stream."""
+
+    def __init__(self, topics: Topics, limits: Limits) -> None:
+        self.topics = topics
+        self.limits = limits
+        self.models: dict[str, StreamModel] = {}
+        self.last_inference_s = 0.0
+
+    def process(self, batch: Sequence[Inbound]) -> list[Outcome]:
+        """Outcomes in the order of ``batch``; every inbound gets at least one publish."""
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        valid: dict[str, list[tuple[int, str, str, dict[str, Any]]]] = defaultdict(list)
+        self.last_inference_s = 0.0
+        for i, inbound in enumerate(batch):
+            parts = self.topics.parse(inbound.topic)
+            if parts is None or parts.kind != "raw":
+                outcomes[i] = self._reject(inbound, "?", "?", BAD_TOPIC, "not a raw event topic")
+                continue
+            try:
+                document = parse_object(
+                    inbound.payload,
+                    max_bytes=self.limits.max_payload_bytes,
+                    max_depth=self.limits.max_json_depth,
+                )
+            except PayloadRejectedError as exc:
+                outcomes[i] = self._reject(
+                    inbound, parts.device, parts.stream, exc.reason, exc.detail
+                )
+                continue
+            if parts.stream not in self.models:
+                outcomes[i] = self._reject(
+                    inbound, parts.device, parts.stream, NO_MODEL, "no model loaded for stream",
+                    document,
+                )  # fmt: skip
+                continue
+            valid[parts.stream].append((i, parts.device, parts.stream, document))
+        for stream, items in valid.items():
+            for i, outcome in self._score_stream(batch, stream, items):
+                outcomes[i] = outcome
+        return [o for o in outcomes if o is not None]
+
+    def _score_stream(
+        self,
+        batch: Sequence[Inbound],
+        stream: str,
+        items: list[tuple[int, str, str, dict[str, Any]]],
+    ) -> list[tuple[int, Outcome]]:
+        model = self.models[stream]
+        spec = model.manifest.features
+        rows, rejections = spec.vectorize([item[3] for item in items])
+        rejected = {r.index: r for r in rejections}
+        results: list[tuple[int, Outcome]] = []
+        keep = [j for j in range(len(items)) if j not in rejected]
+        for j, rejection in rejected.items():
+            i, device, _, document = items[j]
+            outcome = self._reject(
+                batch[i], device, stream, rejection.reason, rejection.detail, document
+            )
+            results.append((i, outcome))
+        if not keep:
+            return results
+        devices = [items[j][1] for j in keep]
+        inputs = model.windows.push(devices, rows[keep])
+        started = time.perf_counter()
+        scored = model.scorer.score(inputs)
+        self.last_inference_s += time.perf_counter() - started
+        contributions = model.scorer.contributions(scored.errors, self.limits.contributions_top_k)
+        threshold = model.manifest.score.threshold
+        now = time.time()
+        for n, j in enumerate(keep):
+            i, device, _, document = items[j]
+            inbound = batch[i]
+            score = float(scored.scores[n])
+            anomaly = score >= threshold
+            event_id = event_id_of(inbound.topic, inbound.payload, document)
+            event = {
+                "event_id": event_id,
+                "device": device,
+                "stream": stream,
+                "ts": document.get("ts"),
+                "scored_at": now,
+                "model": model.info,
+                "score": round(score, 6),
+                "threshold": threshold,
+                "anomaly": anomaly,
+                "contributions": contributions[n],
+            }
+            body = dumps(event)
+            publishes = [(self.topics.event(device, "scored", stream), body)]
+            if anomaly:
+                publishes.append((self.topics.event(device, "alerts", stream), body))
+            results.append(
+                (i, Outcome(inbound, event_id, stream, publishes, event, anomaly=anomaly))
+            )
+        return results
+
+    def _reject(  # noqa: PLR0917 - a private helper with one call shape
+        self,
+        inbound: Inbound,
+        device: str,
+        stream: str,
+        reason: str,
+        detail: str,
+        document: object = None,
+    ) -> Outcome:
+        event_id = event_id_of(inbound.topic, inbound.payload, document)
+        entry = deadletter_document(
+            event_id=event_id,
+            topic=inbound.topic,
+            reason=reason,
+            detail=detail,
+            payload=inbound.payload,
+            service=SERVICE,
+        )
+        topic = self.topics.event(device if device != "?" else "unknown", "deadletter",
+                                  stream if stream != "?" else "unknown")  # fmt: skip
+        return Outcome(inbound, event_id, stream, [(topic, dumps(entry))], entry, reason=reason)

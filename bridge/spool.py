@@ -1,0 +1,259 @@
+"""A durable, bounded, ordered spool on SQLite (WAL): every message passes through it.
+
+The appender commits a group of messages in one transaction (one fsync with
+``synchronous=FULL``) before their MQTT acks go out; the sender reads rows in sequence
+order and deletes them once Kafka acknowledged everything up to them. Sequence numbers
+never repeat (AUTOINCREMENT), so order survives restarts.
+
+Bounds: total bytes and age. Overflow policies: ``pause`` (the appender stops, acks are
+withheld, the broker's flow control stops intake) or ``drop_oldest_raw`` (the oldest raw
+rows make room; scored, alerts, dead-letter and status rows are kept; if no raw row is
+left, it pauses). Every drop is counted by kind.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+OverflowPolicy = Literal["pause", "drop_oldest_raw"]
+ROW_OVERHEAD = 64  # bytes counted per row beyond key and value (topic, headers, index)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    key BLOB,
+    value BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    created REAL NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spool_kind_seq ON spool (kind, seq);
+"""
+
+
+@dataclass(slots=True)
+class Record:
+    """One message on its way to Kafka."""
+
+    kind: str
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    created: float = 0.0
+    seq: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.value) + len(self.key or b"") + ROW_OVERHEAD
+
+
+def _encode_headers(headers: list[tuple[str, bytes]]) -> str:
+    return json.dumps([[k, v.decode("utf-8", "replace")] for k, v in headers])
+
+
+def _decode_headers(text: str) -> list[tuple[str, bytes]]:
+    return [(k, v.encode()) for k, v in json.loads(text)]
+
+
+class SpoolFullError(Exception):
+    """No room, and the policy says wait."""
+
+
+class Spool:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        max_age_s: float,
+        policy: OverflowPolicy = "pause",
+        cache_kib: int = 2048,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self.policy = policy
+        self.cache_kib = cache_kib
+        self.dropped: Counter[str] = Counter()  # by kind, policy drops
+        self.expired: Counter[str] = Counter()  # by kind, age limit
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = self._db()
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool").fetchone()
+        self._rows, self._bytes = int(row[0]), int(row[1])
+        self.rows_at_open = self._rows
+
+    def _db(self) -> sqlite3.Connection:
+        """One connection per thread (SQLite connections are not shared across threads)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA cache_size=-{self.cache_kib}")
+            db.execute("PRAGMA temp_store=MEMORY")
+            self._local.db = db
+        return db
+
+    # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def oldest_age_s(self) -> float:
+        row = self._db().execute("SELECT MIN(created) FROM spool").fetchone()
+        return 0.0 if row[0] is None else max(0.0, time.time() - float(row[0]))
+
+    # -- writing ---------------------------------------------------------------------------------
+    def append(self, records: Sequence[Record]) -> None:
+        """Store ``records`` durably in one transaction, or raise SpoolFullError."""
+        incoming = sum(r.size for r in records)
+        if self._bytes + incoming > self.max_bytes:
+            self._make_room(incoming)
+        now = time.time()
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO spool (kind, topic, key, value, headers, created, size)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.kind, r.topic, r.key, r.value, _encode_headers(r.headers),
+                     r.created or now, r.size)
+                    for r in records
+                ],
+            )  # fmt: skip
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        with self._lock:
+            self._rows += len(records)
+            self._bytes += incoming
+
+    def _make_room(self, needed: int) -> None:
+        excess = self._bytes + needed - self.max_bytes
+        if self.policy == "pause" or excess > self.max_bytes:
+            raise SpoolFullError(f"spool holds {self._bytes} of {self.max_bytes} bytes")
+        db = self._db()
+        freed = count = 0
+        victims: list[int] = []
+        for seq, size in db.execute("SELECT seq, size FROM spool WHERE kind = 'raw' ORDER BY seq"):
+            victims.append(seq)
+            freed += size
+            count += 1
+            if freed >= excess:
+                break
+        if freed < excess:
+            raise SpoolFullError("spool is full of rows the policy keeps")
+        self._delete(victims, freed)
+        self.dropped["raw"] += count
+
+    def _delete(self, seqs: list[int], size: int) -> None:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        deleted = 0
+        for chunk in _chunks(seqs, 500):
+            marks = ",".join("?" * len(chunk))
+            sql = f"DELETE FROM spool WHERE seq IN ({marks})"  # noqa: S608 - only placeholders
+            deleted += db.execute(sql, chunk).rowcount
+        db.execute("COMMIT")
+        with self._lock:
+            self._rows -= deleted
+            self._bytes -= size
+
+    def delete_through(self, seq: int) -> int:
+        """Forget every row with sequence <= ``seq`` (all delivered)."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        row = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool WHERE seq <= ?", (seq,)
+        ).fetchone()
+        db.execute("DELETE FROM spool WHERE seq <= ?", (seq,))
+        db.execute("COMMIT")
+        with self._lock:
+            self._rows -= int(row[0])
+            self._bytes -= int(row[1])
+        return int(row[0])
+
+    def expire(self) -> int:
+        """Drop rows older than max_age_s, counted by kind."""
+        cutoff = time.time() - self.max_age_s
+        db = self._db()
+        kinds = db.execute(
+            "SELECT kind, COUNT(*) FROM spool WHERE created < ? GROUP BY kind", (cutoff,)
+        ).fetchall()
+        if not kinds:
+            return 0
+        db.execute("BEGIN IMMEDIATE")
+        row = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool WHERE created < ?", (cutoff,)
+        ).fetchone()
+        db.execute("DELETE FROM spool WHERE created < ?", (cutoff,))
+        db.execute("COMMIT")
+        with self._lock:
+            self._rows -= int(row[0])
+            self._bytes -= int(row[1])
+        for kind, count in kinds:
+            self.expired[kind] += int(count)
+        return int(row[0])
+
+    # -- reading ---------------------------------------------------------------------------------
+    def read_after(self, seq: int, limit: int) -> list[Record]:
+        rows = (
+            self._db()
+            .execute(
+                "SELECT seq, kind, topic, key, value, headers, created FROM spool"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            )
+            .fetchall()
+        )
+        return [
+            Record(kind, topic, key, value, _decode_headers(headers), created, seq_)
+            for seq_, kind, topic, key, value, headers, created in rows
+        ]
+
+    def stats(self) -> dict[str, object]:
+        db = self._db()
+        kinds = dict(db.execute("SELECT kind, COUNT(*) FROM spool GROUP BY kind").fetchall())
+        first_last = db.execute("SELECT MIN(seq), MAX(seq) FROM spool").fetchone()
+        return {
+            "path": str(self.path),
+            "rows": self._rows,
+            "bytes": self._bytes,
+            "max_bytes": self.max_bytes,
+            "oldest_age_s": round(self.oldest_age_s(), 3),
+            "by_kind": kinds,
+            "first_seq": first_last[0],
+            "last_seq": first_last[1],
+            "policy": self.policy,
+        }
+
+    def close(self) -> None:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,157 @@
+"""Running edgewatch services as real processes against the test brokers, and watching MQTT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as paho
+
+from plumbing.mqtt import MqttConnection
+from plumbing.settings import MqttSettings
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLES = REPO / "models" / "bundles"
+DEV_KEY = BUNDLES / "dev-signing-key.DEVELOPMENT-ONLY.pub.pem"
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+class ServiceProcess:
+    """An edgewatch console script run as `python -m <module> run --config FILE`."""
+
+    def __init__(self, module: str, config: Path, log: Path) -> None:
+        self.module = module
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEWATCH_")}
+        handle = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module, "run", "--config", str(self.config)],
+            stdout=handle, stderr=handle, env=env, cwd=REPO,
+        )  # fmt: skip
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout_s: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        if self.alive():
+            try:
+                self.terminate(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class Collector:
+    """A QoS 1 subscriber with a persistent session that records what arrives, by topic."""
+
+    def __init__(self, port: int, filters: list[str]) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self.connection = MqttConnection(
+            MqttSettings(port=port), f"collector-{uuid.uuid4().hex[:8]}",
+            subscriptions=[(f, 1) for f in filters], on_message=self._on_message,
+        )  # fmt: skip
+
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def __enter__(self) -> Collector:
+        self.connection.start()
+        time.sleep(0.2)  # let the SUBACK land before anything is published
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.connection.stop()
+
+    def documents(self, kind: str) -> list[dict]:
+        with self._lock:
+            items = list(self.messages)
+        return [json.loads(p) for t, p in items if t.split("/")[2] == kind and p]
+
+    def count(self, kind: str) -> int:
+        with self._lock:
+            return sum(1 for t, _ in self.messages if t.split("/")[2] == kind)
+
+
+def agent_config(
+    tmp_path: Path, port: int, prefix: str, *, streams: str | None = None, extra: str = ""
+) -> Path:
+    streams = streams or f'[streams.payments]\nbundle = "{BUNDLES / "payments-fraud.ewb"}"\n'
+    path = tmp_path / f"agent-{uuid.uuid4().hex[:6]}.toml"
+    path.write_text(
+        f'node_id = "node-{prefix}"\ntrusted_keys = "{DEV_KEY}"\n{extra}\n'
+        f'[mqtt]\nport = {port}\ntopic_prefix = "{prefix}"\nclient_id = "agent-{prefix}"\n'
+        f"{streams}"
+    )
+    return path
+
+
+def start_agent(config: Path, log: Path, collector: Collector, prefix: str) -> ServiceProcess:
+    """Start the agent and wait until it announced itself online (its subscriptions exist)."""
+    before = len(collector.documents("status"))
+    agent = ServiceProcess("agent.cli", config, log).start()
+    wait_for(
+        lambda: any(d.get("state") == "online" for d in collector.documents("status")[before:])
+        or not agent.alive(),
+        30, "the agent's online status",
+    )  # fmt: skip
+    assert agent.alive(), agent.log_text()
+    return agent
+
+
+def publish_all(port: int, items: list[tuple[str, bytes]], rate: float | None = None) -> None:
+    """Publish with QoS 1 and wait for every PUBACK."""
+    connection = MqttConnection(MqttSettings(port=port), f"pub-{uuid.uuid4().hex[:8]}")
+    connection.start()
+    infos = []
+    started = time.perf_counter()
+    for i, (topic, payload) in enumerate(items):
+        if rate:
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        infos.append(connection.client.publish(topic, payload, qos=1))
+    for info in infos:
+        info.wait_for_publish(30)
+    connection.stop()
