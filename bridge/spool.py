@@ -122,11 +122,26 @@ class Spool:
         return 0.0 if row[0] is None else max(0.0, time.time() - float(row[0]))
 
     # -- writing ---------------------------------------------------------------------------------
-    def append(self, records: Sequence[Record]) -> None:
-        """Store ``records`` durably in one transaction, or raise SpoolFullError."""
-        incoming = sum(r.size for r in records)
+    def append(self, records: Sequence[Record]) -> int:
+        """Store a prefix of ``records`` durably in one transaction; returns how many.
+
+        As many as fit (after the overflow policy made what room it may) are stored, in
+        order; the caller acks exactly those. Raises SpoolFullError when none fit.
+        """
+        sizes = [r.size for r in records]
+        incoming = sum(sizes)
         if self._bytes + incoming > self.max_bytes:
-            self._make_room(incoming)
+            try:
+                self._make_room(incoming)
+            except SpoolFullError:
+                room = self.max_bytes - self._bytes
+                fitting = 0
+                while fitting < len(sizes) and sizes[fitting] <= room:
+                    room -= sizes[fitting]
+                    fitting += 1
+                if fitting == 0:
+                    raise
+                records, incoming = records[:fitting], sum(sizes[:fitting])
         now = time.time()
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
@@ -147,10 +162,11 @@ class Spool:
         with self._lock:
             self._rows += len(records)
             self._bytes += incoming
+        return len(records)
 
     def _make_room(self, needed: int) -> None:
         excess = self._bytes + needed - self.max_bytes
-        if self.policy == "pause" or excess > self.max_bytes:
+        if self.policy == "pause":
             raise SpoolFullError(f"spool holds {self._bytes} of {self.max_bytes} bytes")
         db = self._db()
         freed = count = 0
@@ -161,10 +177,11 @@ class Spool:
             count += 1
             if freed >= excess:
                 break
+        if victims:
+            self._delete(victims, freed)
+            self.dropped["raw"] += count
         if freed < excess:
             raise SpoolFullError("spool is full of rows the policy keeps")
-        self._delete(victims, freed)
-        self.dropped["raw"] += count
 
     def _delete(self, seqs: list[int], size: int) -> None:
         db = self._db()

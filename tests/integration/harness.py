@@ -155,3 +155,85 @@ def publish_all(port: int, items: list[tuple[str, bytes]], rate: float | None = 
     for info in infos:
         info.wait_for_publish(30)
     connection.stop()
+
+
+def bridge_config(
+    tmp_path: Path,
+    mqtt_port: int,
+    bootstrap: str,
+    prefix: str,
+    *,
+    spool: str = "",
+    extra: str = "",
+    metrics_port: int | None = None,
+) -> Path:
+    """A bridge of its own: unique client id, spool file and Kafka topic names per test."""
+    path = tmp_path / f"bridge-{uuid.uuid4().hex[:6]}.toml"
+    topic = f"t.{prefix}"
+    metrics = f"metrics_port = {metrics_port}\n" if metrics_port else ""
+    path.write_text(
+        f'node_id = "node-{prefix}"\n{metrics}deadletter_topic = "{topic}.deadletter"\n{extra}\n'
+        f'[mqtt]\nport = {mqtt_port}\ntopic_prefix = "{prefix}"\nclient_id = "bridge-{prefix}"\n'
+        f'[kafka]\nbootstrap_servers = "{bootstrap}"\n'
+        f'[spool]\npath = "{tmp_path / "spool.db"}"\n{spool}\n'
+        f'[models]\nkafka_topic = "{topic}.models"\n'
+        f'[[routes]]\nfilter = "+/raw/+"\nkind = "raw"\ntopic = "{topic}.raw.{{stream}}"\n'
+        "json_event = false\n"
+        f'[[routes]]\nfilter = "+/scored/+"\nkind = "scored"\ntopic = "{topic}.scored.{{stream}}"\n'
+        f'[[routes]]\nfilter = "+/alerts/+"\nkind = "alerts"\ntopic = "{topic}.alerts"\n'
+        f'[[routes]]\nfilter = "+/deadletter/+"\nkind = "deadletter"\n'
+        f'topic = "{topic}.deadletter"\n'
+        f'[[routes]]\nfilter = "+/status/+"\nkind = "status"\ntopic = "{topic}.status"\n'
+        'key = "{device}/{stream}"\n'
+    )
+    return path
+
+
+def start_bridge(config: Path, log: Path, collector: Collector) -> ServiceProcess:
+    """Start the bridge and wait for its online status (its subscriptions exist then)."""
+    before = [d for d in collector.documents("status") if d.get("service") == "bridge"]
+    bridge = ServiceProcess("bridge.cli", config, log).start()
+
+    def online() -> bool:
+        docs = [d for d in collector.documents("status") if d.get("service") == "bridge"]
+        return len(docs) > len(before) and docs[-1].get("state") == "online"
+
+    wait_for(lambda: online() or not bridge.alive(), 30, "the bridge's online status")
+    assert bridge.alive(), bridge.log_text()
+    return bridge
+
+
+def consume(bootstrap: str, topics: list[str], *, until: Callable[[list], bool],
+            timeout_s: float = 120) -> list:  # fmt: skip
+    """Every record of ``topics`` from the beginning, until ``until(records)`` holds."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
+        "auto.offset.reset": "earliest", "enable.auto.commit": False,
+        "topic.metadata.refresh.interval.ms": 1000,
+    })  # fmt: skip
+    consumer.subscribe(topics)
+    records: list = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and not until(records):
+            for message in consumer.consume(1000, timeout=0.5):
+                if message.error() is None:
+                    records.append(message)
+    finally:
+        consumer.close()
+    return records
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text format to {sample name with labels: value}."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()  # noqa: S310
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

@@ -1,0 +1,99 @@
+"""Which Kafka topic, key and headers an MQTT message gets; payload bytes pass unchanged."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from paho.mqtt.client import topic_matches_sub
+from pydantic import BaseModel, ConfigDict, Field
+
+from plumbing.events import Topics, event_id_of
+
+MALFORMED_TOPIC = "malformed_topic"
+MALFORMED_EVENT = "malformed_event"
+NO_ROUTE = "no_route"
+TOO_LARGE_FOR_KAFKA = "too_large_for_kafka"
+
+
+class Route(BaseModel):
+    """One rule: an MQTT filter relative to the topic prefix, and where its messages go."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    filter: str = Field(..., description="MQTT filter after the prefix, e.g. '+/raw/+'.")
+    kind: str = Field(..., pattern=r"^[a-z]{1,32}$", description="raw, scored, alerts, ...")
+    topic: str = Field(..., description="Kafka topic template: {device}, {stream}, {kind}.")
+    key: str = Field("{device}", description="Kafka key template (order holds per key).")
+    json_event: bool = Field(
+        True, description="Payload must be a JSON object (checked; else dead-letter)."
+    )
+
+
+DEFAULT_ROUTES = (
+    Route(filter="+/raw/+", kind="raw", topic="edge.raw.{stream}", json_event=False),
+    Route(filter="+/scored/+", kind="scored", topic="edge.scored.{stream}"),
+    Route(filter="+/alerts/+", kind="alerts", topic="edge.alerts"),
+    Route(filter="+/deadletter/+", kind="deadletter", topic="edge.deadletter"),
+    Route(filter="+/status/+", kind="status", topic="edge.status", key="{device}/{stream}"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Where one message goes (or why it cannot go anywhere but the dead-letter topic)."""
+
+    kind: str
+    topic: str
+    key: bytes
+    headers: list[tuple[str, bytes]]
+    event_id: str
+    reject: str | None = None
+    detail: str = ""
+
+
+class Router:
+    def __init__(self, topics: Topics, routes: tuple[Route, ...], node_id: str) -> None:
+        self.topics = topics
+        self.routes = routes
+        self.node = node_id.encode()
+        self._filters = [f"{topics.prefix}/{r.filter}" for r in routes]
+
+    def subscriptions(self) -> list[str]:
+        return list(self._filters)
+
+    def route(self, mqtt_topic: str, payload: bytes) -> Routed:
+        parts = self.topics.parse(mqtt_topic)
+        route = next(
+            (r for r, f in zip(self.routes, self._filters, strict=True)
+             if topic_matches_sub(f, mqtt_topic)),
+            None,
+        )  # fmt: skip
+        document: object = None
+        if route is None or route.json_event or route.kind == "raw":
+            try:
+                document = json.loads(payload)
+            except (ValueError, RecursionError):
+                document = None
+        event_id = event_id_of(mqtt_topic, payload, document)
+        device = parts.device if parts else "unknown"
+        if route is None or parts is None:
+            reason = NO_ROUTE if parts is not None else MALFORMED_TOPIC
+            return Routed("deadletter", "", device.encode(), [], event_id, reason,
+                          f"no route for MQTT topic {mqtt_topic!r}")  # fmt: skip
+        values = {"device": parts.device, "stream": parts.stream, "kind": parts.kind}
+        headers = [
+            ("mqtt_topic", mqtt_topic.encode()),
+            ("node_id", self.node),
+            ("event_id", event_id.encode()),
+        ]
+        kafka_topic = route.topic.format(**values)
+        key = route.key.format(**values).encode()
+        if route.json_event and not isinstance(document, dict):
+            return Routed("deadletter", kafka_topic, key, headers, event_id, MALFORMED_EVENT,
+                          f"{route.kind} payload is not a JSON object")  # fmt: skip
+        if isinstance(document, dict):
+            model = document.get("model")
+            if isinstance(model, dict) and "version" in model:
+                headers.append(("model_version", str(model["version"]).encode()))
+        return Routed(route.kind, kafka_topic, key, headers, event_id)

@@ -1,0 +1,93 @@
+"""The bridge's configuration (``bridge.toml``, ``EDGEWATCH_*`` variables, credentials)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal, Self
+
+from pydantic import Field, model_validator
+
+from bridge.routing import DEFAULT_ROUTES, Route
+from plumbing.settings import KafkaSettings, ServiceSettings, StrictModel
+
+
+class SpoolSettings(StrictModel):
+    """The durable local spool every message passes through on its way to Kafka."""
+
+    path: Path = Field(Path("/var/lib/edgewatch/bridge/spool.db"), description="SQLite file.")
+    max_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024 * 1024, description="Spool size limit (payload bytes)."
+    )
+    max_age_s: float = Field(
+        7 * 24 * 3600, gt=0, description="Rows older than this are dropped (and counted)."
+    )
+    overflow: Literal["pause", "drop_oldest_raw"] = Field(
+        "drop_oldest_raw",
+        description="When full: 'pause' withholds MQTT acks until there is room; "
+        "'drop_oldest_raw' drops the oldest raw events and keeps scored, alerts and status.",
+    )
+    group_commit_max: int = Field(
+        2000, ge=1, le=100_000, description="Most messages per transaction (one fsync)."
+    )
+    group_commit_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="Longest wait to fill a group once one message is in."
+    )
+    cache_kib: int = Field(2048, ge=256, description="SQLite page cache per connection.")
+
+
+class ModelDeliverySettings(StrictModel):
+    """New model bundles from Kafka to the box's MQTT broker (retained)."""
+
+    enabled: bool = Field(True, description="Consume the models topic and republish bundles.")
+    kafka_topic: str = Field("edge.models", description="Compacted topic of signed bundles.")
+    group_id: str | None = Field(
+        None, description="Consumer group; default 'edgewatch-bridge-{node_id}' (every box "
+        "gets every model)."
+    )  # fmt: skip
+    max_bundle_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Larger are skipped.")
+
+
+class BridgeSettings(ServiceSettings):
+    """Settings of ``edgewatch-bridge run``."""
+
+    service_name: ClassVar[str] = "bridge"
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Central Kafka.")
+    routes: tuple[Route, ...] = Field(
+        DEFAULT_ROUTES, min_length=1, description="MQTT filter → Kafka topic rules, in order."
+    )
+    spool: SpoolSettings = Field(default_factory=SpoolSettings, description="Durable spool.")
+    models: ModelDeliverySettings = Field(
+        default_factory=ModelDeliverySettings, description="Model delivery to the box."
+    )
+    queue_capacity: int = Field(
+        4096, ge=1, description="Intake queue bound; at least mqtt.receive_maximum."
+    )
+    max_message_bytes: int = Field(
+        1_000_000, ge=1024, description="Larger messages go to the dead-letter topic instead."
+    )
+    inflight_max: int = Field(
+        50_000, ge=100, description="Most messages handed to the Kafka producer, unacked."
+    )
+    deadletter_topic: str = Field("edge.deadletter", description="Kafka dead-letter topic.")
+    probe_min_s: float = Field(0.5, gt=0, description="First outage probe delay.")
+    probe_max_s: float = Field(30.0, gt=0, description="Longest outage probe delay.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.queue_capacity < self.mqtt.receive_maximum:
+            raise ValueError(
+                f"queue_capacity ({self.queue_capacity}) must be at least "
+                f"mqtt.receive_maximum ({self.mqtt.receive_maximum})"
+            )
+        if self.probe_min_s > self.probe_max_s:
+            raise ValueError("probe_min_s must not exceed probe_max_s")
+        return self
+
+    def summary(self) -> list[str]:
+        return [
+            *super().summary(),
+            f"kafka = {self.kafka.bootstrap_servers} ({self.kafka.security_protocol})",
+            f"spool = {self.spool.path} (max {self.spool.max_bytes} bytes, {self.spool.overflow})",
+            *(f"route {r.filter} -> {r.topic} key {r.key}" for r in self.routes),
+        ]
