@@ -152,17 +152,24 @@ def test_full_spool_drops_oldest_raw_keeps_scored_and_stays_up(
 ) -> None:
     dead_kafka = f"127.0.0.1:{stack_module.free_port()}"  # type: ignore[attr-defined]
     metrics_port = stack_module.free_port()  # type: ignore[attr-defined]
-    config = bridge_config(tmp_path, mqtt_port, dead_kafka, mqtt_prefix, metrics_port=metrics_port,
-                           spool="max_bytes = 1048576\noverflow = \"drop_oldest_raw\"\n")  # fmt: skip
+    config = bridge_config(
+        tmp_path, mqtt_port, dead_kafka, mqtt_prefix, metrics_port=metrics_port,
+        spool='max_bytes = 1048576\noverflow = "drop_oldest_raw"\n',
+    )  # fmt: skip
     blob = "x" * 2000
-    raw = [(f"{mqtt_prefix}/d{i % 3}/raw/payments",
-            json.dumps({"event_id": f"r{i}", "pad": blob}).encode()) for i in range(1500)]  # fmt: skip
-    scored = [(f"{mqtt_prefix}/d{i % 3}/scored/payments",
-               json.dumps({"event_id": f"s{i}", "score": 0.1}).encode()) for i in range(100)]  # fmt: skip
+    raw = [
+        (f"{mqtt_prefix}/d{i % 3}/raw/payments", json.dumps({"event_id": f"r{i}", "pad": blob}))
+        for i in range(1500)
+    ]
+    scored = [
+        (f"{mqtt_prefix}/d{i % 3}/scored/payments", json.dumps({"event_id": f"s{i}"}))
+        for i in range(100)
+    ]
     with Collector(mqtt_port, [f"{mqtt_prefix}/+/status/+"]) as collector:
         bridge = start_bridge(config, tmp_path / "b.log", collector)
         try:
-            publish_all(mqtt_port, raw[:750] + scored + raw[750:])
+            items = [(t, body.encode()) for t, body in raw[:750] + scored + raw[750:]]
+            publish_all(mqtt_port, items)
             dropped = 'edgewatch_bridge_spool_dropped_total{cause="overflow",kind="raw"}'
             wait_for(lambda: scrape(metrics_port).get(dropped, 0) > 0, 30, "drops counted")
             wait_for(lambda: scrape(metrics_port)["edgewatch_bridge_received_total{kind=\"raw\"}"]
@@ -178,7 +185,8 @@ def test_full_spool_drops_oldest_raw_keeps_scored_and_stays_up(
     assert kinds["raw"] + samples[dropped] == len(raw)
     assert size <= 1048576
     newest = {r[0] for r in db.execute("SELECT json_extract(value, '$.event_id') FROM spool")}
-    assert f"r{len(raw) - 1}" in newest and "r0" not in newest  # the oldest went first
+    assert f"r{len(raw) - 1}" in newest
+    assert "r0" not in newest  # the oldest went first
 
 
 def test_full_spool_with_pause_policy_withholds_acks_and_loses_nothing(
@@ -186,8 +194,10 @@ def test_full_spool_with_pause_policy_withholds_acks_and_loses_nothing(
 ) -> None:
     dead_kafka = f"127.0.0.1:{stack_module.free_port()}"  # type: ignore[attr-defined]
     metrics_port = stack_module.free_port()  # type: ignore[attr-defined]
-    paused = bridge_config(tmp_path, mqtt_port, dead_kafka, mqtt_prefix, metrics_port=metrics_port,
-                           spool='max_bytes = 1048576\noverflow = "pause"\n')  # fmt: skip
+    paused = bridge_config(
+        tmp_path, mqtt_port, dead_kafka, mqtt_prefix, metrics_port=metrics_port,
+        spool='max_bytes = 1048576\noverflow = "pause"\n',
+    )  # fmt: skip
     items = [(topic, json.dumps({**json.loads(body), "pad": "y" * 2000}).encode())
              for topic, body in sequence_items(mqtt_prefix, 1200)]  # fmt: skip
     with Collector(mqtt_port, [f"{mqtt_prefix}/+/status/+"]) as collector:
@@ -216,8 +226,9 @@ def test_oversize_and_malformed_go_to_dead_letter(
 ) -> None:
     config = bridge_config(tmp_path, mqtt_port, kafka_bootstrap, mqtt_prefix)
     good = sequence_items(mqtt_prefix, 50)
+    huge = b'{"event_id": "huge", "pad": "' + b"z" * 1_500_000 + b'"}'
     bad = [
-        (f"{mqtt_prefix}/dev1/raw/payments", b'{"event_id": "huge", "pad": "' + b"z" * 1_500_000 + b'"}'),
+        (f"{mqtt_prefix}/dev1/raw/payments", huge),
         (f"{mqtt_prefix}/dev1/scored/payments", b"this is not json"),
         (f"{mqtt_prefix}/dev1/alerts/payments", b"[1, 2, 3]"),
         (f"{mqtt_prefix}//raw/payments", b'{"event_id": "no-device"}'),
