@@ -63,6 +63,9 @@ class ScoreSpec(BaseModel):
     calibration_quantile: float = Field(
         ..., gt=0, le=1, description="Quantile of held-out normal scores the threshold is."
     )
+    threshold_margin: float = Field(
+        1.0, gt=0, description="threshold = margin × the calibration quantile's score."
+    )
     calibration_quantiles: dict[str, float] = Field(
         default_factory=dict, description="Score quantiles of held-out normal data."
     )

@@ -41,10 +41,9 @@ class SkabOptions:
         default_factory=lambda: TrainConfig(
             hidden=(32, 8, 32), activations=("tanh", "relu", "tanh"), epochs=150,
             batch_size=16, patience=15, calibration_quantile=0.99, progress=False,
-            l1_activity=0.0,
+            l1_activity=0.0, threshold_margin=1.5,
         )
     )  # fmt: skip
-    threshold_factor: float = 1.0
 
 
 def train_skab_model(
@@ -87,7 +86,7 @@ def score_file(table: Table, options: SkabOptions) -> tuple[np.ndarray[Any, Any]
     windows = sliding_windows(x, spec.window)[TRAIN_ROWS:]
     scorer = Scorer(unsigned_bundle(trained.manifest, trained.int8_model))
     scores = scorer.score(windows).scores
-    threshold = trained.manifest.score.threshold * options.threshold_factor
+    threshold = trained.manifest.score.threshold
     return scores, labels[TRAIN_ROWS:], np.full(len(scores), threshold)
 
 
@@ -117,6 +116,7 @@ def run_benchmark(root: Path, options: SkabOptions | None = None) -> dict[str, A
         "window": options.window,
         "architecture": list(options.config.hidden),
         "calibration_quantile": options.config.calibration_quantile,
+        "threshold_margin": options.config.threshold_margin,
         "per_file": per_file,
         "published_f1": PUBLISHED_F1,
     }

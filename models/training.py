@@ -39,6 +39,8 @@ class TrainConfig:
     patience: int = 10
     seed: int = 42
     calibration_quantile: float = 0.99
+    # threshold = margin × quantile: >1 leaves room for drift the calibration rows lack.
+    threshold_margin: float = 1.0
     representative_rows: int = 1000
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -220,13 +222,15 @@ def fit_model(
     )
     calibration_scores = Scorer(unsigned_bundle(manifest, int8_model)).score(x_calibration).scores
     quantiles = {str(q): float(np.quantile(calibration_scores, q)) for q in QUANTILES}
-    threshold = float(np.quantile(calibration_scores, config.calibration_quantile))
+    quantile = float(np.quantile(calibration_scores, config.calibration_quantile))
+    threshold = quantile * config.threshold_margin
     manifest = manifest.model_copy(
         update={
             "score": ScoreSpec(
                 kind="mse",
                 threshold=threshold,
                 calibration_quantile=config.calibration_quantile,
+                threshold_margin=config.threshold_margin,
                 calibration_quantiles=quantiles,
             )
         }

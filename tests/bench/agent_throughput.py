@@ -1,0 +1,201 @@
+"""Agent throughput against an echo baseline and a naive agent, on one private stack.
+
+    python tests/bench/agent_throughput.py --json
+
+Throughput: N raw messages wait in each service's persistent MQTT session (QoS 1); the
+service is started and the rate at which its outputs arrive at a QoS 1 subscriber is
+measured. Every variant acks a raw message only after its output was acknowledged.
+Latency: the agent at a fixed 2,000 msg/s, publish time to arrival of the scored event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from common import (
+    REPO,
+    Counter,
+    peak_rss_mb,
+    percentile_ms,
+    private_stack,
+    publish,
+    run_module,
+)
+
+from agent.pipeline import Inbound, Limits, Outcome, Pipeline, StreamModel
+from agent.replay import messages_from_file
+from agent.service import AgentService
+from agent.settings import AgentSettings
+from models.bundle import load_bundle, load_trusted_keys
+from plumbing.events import Topics
+from plumbing.mqtt import MqttConnection
+
+BUNDLE = REPO / "models" / "bundles" / "payments-fraud.ewb"
+KEY = REPO / "models" / "bundles" / "dev-signing-key.DEVELOPMENT-ONLY.pub.pem"
+SAMPLE = REPO / "models" / "samples" / "payments-holdout.csv"
+
+
+def items(prefix: str, count: int) -> list[tuple[str, bytes]]:
+    base = messages_from_file(SAMPLE, devices=16)
+    out = []
+    for i in range(count):
+        message = base[i % len(base)]
+        document = json.loads(message.payload)
+        document["event_id"] = f"b{i}"
+        out.append((f"{prefix}/{message.device}/raw/payments", json.dumps(document).encode()))
+    return out
+
+
+class EchoPipeline(Pipeline):
+    """The agent's plumbing with no parsing or scoring: every raw message is republished."""
+
+    def process(self, batch: list[Inbound]) -> list[Outcome]:  # type: ignore[override]
+        outcomes = []
+        for inbound in batch:
+            scored = inbound.topic.replace("/raw/", "/scored/")
+            outcomes.append(Outcome(inbound, "", "payments", [(scored, inbound.payload)]))
+        return outcomes
+
+
+def config_file(directory: Path, port: int, prefix: str) -> Path:
+    path = directory / f"{prefix}.toml"
+    path.write_text(
+        f'node_id = "{prefix}"\ntrusted_keys = "{KEY}"\n[mqtt]\nport = {port}\n'
+        f'topic_prefix = "{prefix}"\nclient_id = "{prefix}"\n'
+        f'[streams.payments]\nbundle = "{BUNDLE}"\n'
+    )
+    return path
+
+
+def serve_echo(config: Path) -> None:
+    service = AgentService(AgentSettings.load(config))
+    service.pipeline.__class__ = EchoPipeline
+    _serve(service)
+
+
+def _serve(service: AgentService) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    service.start()
+    stop.wait()
+    service.stop()
+
+
+def serve_naive(config: Path) -> None:
+    """One message at a time: parse, score, publish, wait for the PUBACK, ack."""
+    settings = AgentSettings.load(config)
+    topics = Topics(settings.mqtt.topic_prefix)
+    pipeline = Pipeline(topics, Limits())
+    bundle = load_bundle(BUNDLE, load_trusted_keys(KEY))
+    pipeline.models["payments"] = StreamModel(bundle, 1000)
+    inbox: queue.Queue[object] = queue.Queue()
+    connection = MqttConnection(
+        settings.mqtt, settings.mqtt_client_id, manual_ack=True, on_message=inbox.put,
+        subscriptions=[(topics.event_filter("raw", "payments"), 1)],
+    )  # fmt: skip
+    connection.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while not stop.is_set():
+        try:
+            msg = inbox.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        (outcome,) = pipeline.process([Inbound(msg.topic, msg.payload)])  # type: ignore[attr-defined]
+        for topic, payload in outcome.publishes:
+            connection.publish_and_wait(topic, payload)
+        connection.client.ack(msg.mid, 1)  # type: ignore[attr-defined]
+    connection.stop()
+
+
+def measure(stack: object, variant: str, count: int, workdir: Path) -> tuple[float, float]:
+    port = stack.state.mqtt_port  # type: ignore[attr-defined]
+    prefix = f"bench{variant}"
+    config = config_file(workdir, port, prefix)
+    args = (["-m", "agent.cli", "run", "--config", str(config)] if variant == "agent"
+            else [__file__, "--serve", variant, str(config)])  # fmt: skip
+    # First start creates the persistent session; messages then queue for it while it is down.
+    with Counter(port, f"{prefix}/+/status/+") as status:
+        status.target = 1
+        proc = run_module(args, workdir / f"{variant}.log")
+        if not status.done.wait(60):
+            raise RuntimeError(f"{variant} did not start; see {workdir / (variant + '.log')}")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    publish(port, items(prefix, count))
+    with Counter(port, f"{prefix}/+/scored/+") as scored:
+        scored.target = count
+        proc = run_module(args, workdir / f"{variant}.log")
+        finished = scored.done.wait(600)
+        rss = peak_rss_mb(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    if not finished:
+        raise RuntimeError(f"{variant}: {scored.count} of {count} outputs arrived")
+    return scored.rate(), rss
+
+
+def latency(
+    stack: object, workdir: Path, rate: float, seconds: float
+) -> tuple[float, float, float]:
+    port = stack.state.mqtt_port  # type: ignore[attr-defined]
+    prefix = "benchlatency"
+    config = config_file(workdir, port, prefix)
+    count = int(rate * seconds)
+    with Counter(port, f"{prefix}/+/status/+") as status:
+        status.target = 1
+        proc = run_module(["-m", "agent.cli", "run", "--config", str(config)],
+                          workdir / "latency.log")  # fmt: skip
+        status.done.wait(60)
+    with Counter(port, f"{prefix}/+/scored/+", keep_ts=True) as scored:
+        scored.target = count
+        publish(port, items(prefix, count), rate=rate, stamp=True)
+        scored.done.wait(120)
+        rss = peak_rss_mb(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    settled = scored.latencies[int(rate) :]  # skip the first second (start-up)
+    return percentile_ms(settled, 0.5), percentile_ms(settled, 0.99), rss
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--count", type=int, default=30_000)
+    parser.add_argument("--serve", nargs=2, metavar=("VARIANT", "CONFIG"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        {"echo": serve_echo, "naive": serve_naive}[args.serve[0]](Path(args.serve[1]))
+        return 0
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="edgewatch-agent-bench-"))
+    with private_stack() as stack:
+        agent_rate, agent_rss = measure(stack, "agent", args.count, workdir)
+        echo_rate, _ = measure(stack, "echo", args.count, workdir)
+        naive_rate, _ = measure(stack, "naive", min(args.count, 10_000), workdir)
+        p50, p99, latency_rss = latency(stack, workdir, rate=2000, seconds=15)
+    result = {
+        "agent_msgs_per_s": round(agent_rate),
+        "echo_msgs_per_s": round(echo_rate),
+        "naive_msgs_per_s": round(naive_rate),
+        "agent_vs_echo": round(agent_rate / echo_rate, 3),
+        "agent_vs_naive": round(agent_rate / naive_rate, 2),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "rss_mb": round(max(agent_rss, latency_rss), 1),
+        "messages": args.count,
+        "cpus": __import__("os").cpu_count(),
+    }
+    print(json.dumps(result, indent=2) if args.json else result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

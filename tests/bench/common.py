@@ -1,0 +1,120 @@
+"""Shared pieces of the benchmarks: a private stack, preloading, counting, peak RSS."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from plumbing.mqtt import MqttConnection  # noqa: E402
+from plumbing.settings import MqttSettings  # noqa: E402
+from tests.conftest import load_stack_module  # noqa: E402
+
+
+@contextlib.contextmanager
+def private_stack() -> Iterator[object]:
+    stack = load_stack_module().Stack(Path(tempfile.mkdtemp(prefix="edgewatch-bench-")))
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.destroy()
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Counter:
+    """Counts QoS 1 arrivals on a filter; remembers arrival times and payload timestamps."""
+
+    def __init__(self, port: int, topic_filter: str, keep_ts: bool = False) -> None:
+        self.count = 0
+        self.first = self.last = 0.0
+        self.latencies: list[float] = []
+        self.keep_ts = keep_ts
+        self.done = threading.Event()
+        self.target = 0
+        self.connection = MqttConnection(
+            MqttSettings(port=port, receive_maximum=65535), f"count-{uuid.uuid4().hex[:6]}",
+            subscriptions=[(topic_filter, 1)], on_message=self._on_message,
+        )  # fmt: skip
+
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
+        now = time.time()
+        if self.count == 0:
+            self.first = now
+        self.count += 1
+        self.last = now
+        if self.keep_ts:
+            self.latencies.append(now - json.loads(msg.payload)["ts"])
+        if self.target and self.count >= self.target:
+            self.done.set()
+
+    def __enter__(self) -> Counter:
+        self.connection.start()
+        time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.connection.stop()
+
+    def rate(self) -> float:
+        return self.count / (self.last - self.first) if self.last > self.first else 0.0
+
+
+def publish(port: int, items: list[tuple[str, bytes]], rate: float | None = None,
+            stamp: bool = False) -> None:  # fmt: skip
+    """QoS 1 publishes (paced if ``rate``), waiting for every PUBACK; ``stamp`` sets ts."""
+    connection = MqttConnection(MqttSettings(port=port), f"pub-{uuid.uuid4().hex[:6]}",
+                                max_inflight=1000)  # fmt: skip
+    connection.start()
+    infos = []
+    started = time.perf_counter()
+    for i, (topic, body) in enumerate(items):
+        payload = body
+        if rate:
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        if stamp:
+            document = json.loads(payload)
+            document["ts"] = time.time()
+            payload = json.dumps(document).encode()
+        infos.append(connection.client.publish(topic, payload, qos=1))
+        if len(infos) >= 20_000:
+            for info in infos:
+                info.wait_for_publish(60)
+            infos.clear()
+    for info in infos:
+        info.wait_for_publish(60)
+    connection.stop()
+
+
+def run_module(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    handle = log.open("ab")
+    return subprocess.Popen([sys.executable, *args], stdout=handle, stderr=handle, cwd=REPO,
+                            env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)

@@ -1,0 +1,63 @@
+"""Model quality on the real data sets (skipped with a reason when ../shared is absent)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.bundle import load_bundle, load_trusted_keys
+from models.evaluation import evaluate
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLES = REPO / "models" / "bundles"
+KEY = BUNDLES / "dev-signing-key.DEVELOPMENT-ONLY.pub.pem"
+
+
+def test_evaluate_cli_prints_the_documented_json_keys() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "models.cli", "evaluate", str(BUNDLES / "payments-fraud.ewb"),
+         "--data", str(REPO / "models" / "samples" / "payments-holdout.csv"), "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    for key in ("roc_auc", "pr_auc", "precision", "recall", "f1", "threshold", "rows"):
+        assert key in report
+    assert report["rows"] == 1038
+    assert report["roc_auc"] >= 0.95
+
+
+@pytest.mark.slow
+def test_creditcard_int8_goal_on_held_out_rows(datasets: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow", reason="training needs the 'train' extra")
+    from models import recipes
+    from models.datasets import read_table
+    from models.training import TrainConfig, unsigned_bundle
+
+    source = datasets / "creditcard" / "creditcard_head.csv"
+    table = read_table(source)
+    result = recipes.creditcard(table, TrainConfig(progress=False))
+    assert int(result.eval_labels.sum()) == 38, "every fraud must be in the evaluation rows"
+    trained_rows = set(np.flatnonzero(table.labels("Class") == 0)) - set(result.eval_rows)
+    assert trained_rows.isdisjoint(result.eval_rows)
+    held_out = tmp_path / "eval.csv"
+    lines = source.read_text().splitlines()
+    held_out.write_text("\n".join([lines[0], *(lines[i + 1] for i in result.eval_rows)]) + "\n")
+    trained = result.trained
+    report = evaluate(unsigned_bundle(trained.manifest, trained.int8_model), held_out,
+                      trained.float_bundle())  # fmt: skip
+    print(f"int8 ROC-AUC {report['roc_auc']:.4f}, float {report['float']['roc_auc']:.4f}")
+    assert report["roc_auc"] >= 0.95
+    assert abs(report["roc_auc"] - report["float"]["roc_auc"]) <= 0.005
+
+
+def test_shipped_payments_bundle_records_its_held_out_metrics() -> None:
+    bundle = load_bundle(BUNDLES / "payments-fraud.ewb", load_trusted_keys(KEY))
+    metrics = bundle.manifest.metrics
+    assert metrics["roc_auc"] >= 0.95
+    assert abs(metrics["roc_auc"] - metrics["float_roc_auc"]) <= 0.005
+    assert "Time" not in bundle.manifest.reads_fields
