@@ -26,6 +26,7 @@ class AckTracker:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._owner: dict[int, _Pending] = {}
         self._early: set[int] = set()
         self._open = 0
@@ -63,14 +64,10 @@ class AckTracker:
             self._open -= 1
             if self._open == 0:
                 self.idle.set()
+            self._changed.notify_all()
         return pending.token, time.monotonic() - pending.received
 
-    def forget(self) -> int:
-        """Drop everything (after a reconnect the broker redelivers the raws)."""
-        with self._lock:
-            dropped = self._open
-            self._owner.clear()
-            self._early.clear()
-            self._open = 0
-            self.idle.set()
-        return dropped
+    def wait_below(self, limit: int, timeout_s: float) -> bool:
+        """Block while ``limit`` or more raw messages are open; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._open < limit, timeout_s)

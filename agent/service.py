@@ -1,8 +1,12 @@
 """The agent service: MQTT intake → micro-batches → pipeline → QoS 1 publishes → acks.
 
-Threads: paho's network thread only enqueues (raw messages into a bounded queue, model
-bundles into a latest-wins slot); one worker thread drains batches, scores and publishes.
-A raw message is acked when the broker acknowledged everything it produced.
+Two MQTT connections: ``intake`` subscribes with manual acks, ``output`` publishes. Intake's
+network thread only enqueues (raw messages into a bounded queue, model bundles into a
+latest-wins slot) and blocks when the queue is full; output's network thread handles the
+PUBACKs that complete raw messages, so a blocked intake can never stall them. One worker
+drains batches, scores and publishes, and waits while ``mqtt.receive_maximum`` raw messages
+are unacked (the broker's flow control is not relied on alone). A raw message is acked when
+the broker acknowledged everything it produced.
 """
 
 from __future__ import annotations
@@ -60,21 +64,27 @@ class AgentService:
             (self.topics.event_filter("raw", stream), 1) for stream in settings.streams
         ]
         subscriptions += [(topic, 1) for topic in self._model_topics]
-        self.connection = MqttConnection(
+        self.intake = MqttConnection(
             settings.mqtt,
             settings.mqtt_client_id,
             subscriptions=subscriptions,
             on_message=self._on_message,
             manual_ack=True,
+        )
+        self.output = MqttConnection(
+            settings.mqtt,
+            f"{settings.mqtt_client_id}-out",
             will=(self.status_topic, self._status("offline")),
             on_publish=self._on_publish,
+            max_inflight=settings.mqtt.receive_maximum * 2,
         )
-        self.connection.add_connect_listener(self._publish_status)
+        self.output.add_connect_listener(self._publish_status)
+        self.max_unacked = settings.mqtt.receive_maximum
         self._worker = threading.Thread(target=self._work, name="agent-worker", daemon=True)
 
     # -- paho network thread ---------------------------------------------------------------------
     def _on_message(self, msg: paho.MQTTMessage) -> None:
-        token = (msg.mid, self.connection.generation)
+        token = (msg.mid, self.intake.generation)
         stream = self._model_topics.get(msg.topic)
         if stream is not None:
             with self._models_lock:
@@ -88,7 +98,7 @@ class AgentService:
         try:
             self.queue.put_nowait(item)
         except queue.Full:
-            # Cannot happen while queue_capacity >= receive_maximum; wait rather than drop.
+            # Backpressure: this (intake) network thread waits; nothing is dropped.
             self.metrics.intake_waits.inc()
             self.queue.put(item)
 
@@ -99,7 +109,7 @@ class AgentService:
         token, latency = done
         if token is None:
             return
-        if not self.connection.ack(*token):
+        if not self.intake.ack(*token):
             self.metrics.stale_acks.inc()
             return
         self.metrics.latency_seconds.observe(latency)
@@ -107,9 +117,9 @@ class AgentService:
     # -- worker ----------------------------------------------------------------------------------
     def _publish_tracked(self, token: Any, received: float, publishes: list[tuple[str, bytes]],
                          retain: bool = False) -> None:  # fmt: skip
-        mids = [self.connection.publish(t, p, retain=retain) for t, p in publishes]
+        mids = [self.output.publish(t, p, retain=retain) for t, p in publishes]
         if self.tracker.register(token, received, mids) and token is not None:
-            self.connection.ack(*token)
+            self.intake.ack(*token)
 
     def _next_batch(self) -> list[Inbound] | None:
         """Up to batch_max messages, waiting at most batch_wait_ms after the first."""
@@ -141,6 +151,8 @@ class AgentService:
     def _work(self) -> None:
         while True:
             self._apply_model_updates()
+            if not self.tracker.wait_below(self.max_unacked, timeout_s=0.2):
+                continue  # outputs still unacked: hold intake (the queue then fills)
             batch = self._next_batch()
             if batch is None:
                 return
@@ -194,7 +206,7 @@ class AgentService:
             updates, self._pending_models = self._pending_models, {}
         for stream, (data, token) in updates.items():
             self._consider(stream, data)
-            self.connection.ack(*token)
+            self.intake.ack(*token)
         for stream, model in self.pipeline.models.items():
             evicted = model.windows.evictions
             new = evicted - self._evictions_seen.get(stream, 0)
@@ -243,7 +255,8 @@ class AgentService:
         serve_metrics(self.metrics.registry, self.settings.metrics_host, self.settings.metrics_port)
         self._intake_open.set()
         self._worker.start()
-        self.connection.start()
+        self.output.start()
+        self.intake.start()
         sd_notify("READY=1")
 
     def stop(self) -> None:
@@ -256,9 +269,10 @@ class AgentService:
         if not self.tracker.idle.wait(timeout=max(0.0, deadline - time.monotonic())):
             log.warning("%d raw messages still unacked at shutdown; the broker redelivers them",
                         len(self.tracker))  # fmt: skip
+        self.intake.stop()
         try:
-            self.connection.publish_and_wait(self.status_topic, self._status("offline"),
-                                             retain=True, timeout_s=2.0)  # fmt: skip
+            self.output.publish_and_wait(self.status_topic, self._status("offline"),
+                                         retain=True, timeout_s=2.0)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - best effort; the last will covers it
             log.warning("offline status not confirmed: %s", exc)
-        self.connection.stop()
+        self.output.stop()

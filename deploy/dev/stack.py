@@ -163,6 +163,8 @@ class Stack:
                     "max_queued_messages 500000",
                     "max_queued_bytes 0",
                     "max_inflight_messages 1000",
+                    # Send small packets (PUBACKs) at once instead of waiting on Nagle.
+                    "set_tcp_nodelay true",
                     "message_size_limit 2097152",
                     "persistent_client_expiration 1d",
                     f"log_dest file {data}/mosquitto.log",

@@ -100,6 +100,8 @@ def serve_naive(config: Path) -> None:
         subscriptions=[(topics.event_filter("raw", "payments"), 1)],
     )  # fmt: skip
     connection.start()
+    online = b'{"service": "naive", "state": "online"}'
+    connection.publish_and_wait(topics.status(settings.node_id, "agent"), online)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     while not stop.is_set():
