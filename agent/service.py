@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -168,21 +169,35 @@ class AgentService:
         if self.pipeline.last_inference_s:
             m.inference_seconds.observe(self.pipeline.last_inference_s)
         for outcome in outcomes:
-            self._count(outcome)
             inbound = outcome.inbound
             self._publish_tracked(inbound.token, inbound.received, outcome.publishes)
+        self._count(outcomes)
 
-    def _count(self, outcome: Outcome) -> None:
+    def _count(self, outcomes: list[Outcome]) -> None:
+        """Metrics once per batch: label lookups per message would cost more than scoring."""
         m = self.metrics
-        m.messages_in.labels(outcome.stream).inc()
-        if outcome.reason is not None:
-            m.deadletters.labels(outcome.reason).inc()
-            m.messages_out.labels(outcome.stream, "deadletter").inc()
-            return
-        m.messages_out.labels(outcome.stream, "scored").inc()
-        if outcome.anomaly:
-            m.anomalies.labels(outcome.stream).inc()
-            m.messages_out.labels(outcome.stream, "alerts").inc()
+        streams: Counter[str] = Counter()
+        out: Counter[tuple[str, str]] = Counter()
+        reasons: Counter[str] = Counter()
+        anomalies: Counter[str] = Counter()
+        for outcome in outcomes:
+            streams[outcome.stream] += 1
+            if outcome.reason is not None:
+                reasons[outcome.reason] += 1
+                out[outcome.stream, "deadletter"] += 1
+            else:
+                out[outcome.stream, "scored"] += 1
+                if outcome.anomaly:
+                    anomalies[outcome.stream] += 1
+                    out[outcome.stream, "alerts"] += 1
+        for stream, n in streams.items():
+            m.messages_in.labels(stream).inc(n)
+        for (stream, kind), n in out.items():
+            m.messages_out.labels(stream, kind).inc(n)
+        for reason, n in reasons.items():
+            m.deadletters.labels(reason).inc(n)
+        for stream, n in anomalies.items():
+            m.anomalies.labels(stream).inc(n)
 
     # -- models ----------------------------------------------------------------------------------
     def _install(self, stream: str, bundle: Bundle) -> None:

@@ -44,7 +44,7 @@ class AgentSettings(ServiceSettings):
         ..., description="Directory of Ed25519 public keys (*.pem) that may sign bundles."
     )
     queue_capacity: int = Field(
-        4096,
+        1024,
         ge=1,
         le=1_000_000,
         description="Bound of the intake queue. At least mqtt.receive_maximum, so the broker's "

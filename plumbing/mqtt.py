@@ -7,6 +7,7 @@ Subscriptions are made in ``on_connect`` so that every reconnect restores them.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -152,6 +153,11 @@ class MqttConnection:
             log.error("MQTT broker refused the connection: %s", reason_code)
             return
         self.generation += 1
+        sock = client.socket()
+        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # paho leaves Nagle on: a PUBACK followed by a small PUBLISH would then wait for
+            # the peer's delayed ACK (~40 ms). Send small packets at once.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.subscriptions:
             result, _mid = client.subscribe(list(self.subscriptions))
             if result != paho.MQTT_ERR_SUCCESS:

@@ -181,7 +181,7 @@ def main() -> int:
     with private_stack() as stack:
         agent_rate, agent_rss = measure(stack, "agent", args.count, workdir)
         echo_rate, _ = measure(stack, "echo", args.count, workdir)
-        naive_rate, _ = measure(stack, "naive", min(args.count, 10_000), workdir)
+        naive_rate, _ = measure(stack, "naive", min(args.count, 3_000), workdir)
         p50, p99, latency_rss = latency(stack, workdir, rate=2000, seconds=15)
     result = {
         "agent_msgs_per_s": round(agent_rate),
