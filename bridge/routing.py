@@ -52,48 +52,82 @@ class Routed:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What a given MQTT topic resolves to; cached, since devices reuse their topics."""
+
+    route: Route | None
+    device: str
+    kafka_topic: str
+    key: bytes
+    reject: str | None
+
+
 class Router:
+    CACHE_LIMIT = 10_000
+
     def __init__(self, topics: Topics, routes: tuple[Route, ...], node_id: str) -> None:
         self.topics = topics
         self.routes = routes
         self.node = node_id.encode()
         self._filters = [f"{topics.prefix}/{r.filter}" for r in routes]
+        self._cache: dict[str, _Target] = {}
 
     def subscriptions(self) -> list[str]:
         return list(self._filters)
 
-    def route(self, mqtt_topic: str, payload: bytes) -> Routed:
+    def _resolve(self, mqtt_topic: str) -> _Target:
+        target = self._cache.get(mqtt_topic)
+        if target is not None:
+            return target
         parts = self.topics.parse(mqtt_topic)
         route = next(
             (r for r, f in zip(self.routes, self._filters, strict=True)
              if topic_matches_sub(f, mqtt_topic)),
             None,
         )  # fmt: skip
+        if parts is None or route is None:
+            device = parts.device if parts else "unknown"
+            reason = MALFORMED_TOPIC if parts is None else NO_ROUTE
+            target = _Target(None, device, "", device.encode(), reason)
+        else:
+            values = {"device": parts.device, "stream": parts.stream, "kind": parts.kind}
+            target = _Target(route, parts.device, route.topic.format(**values),
+                             route.key.format(**values).encode(), None)  # fmt: skip
+        if len(self._cache) >= self.CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[mqtt_topic] = target
+        return target
+
+    def route(self, mqtt_topic: str, payload: bytes) -> Routed:
+        target = self._resolve(mqtt_topic)
+        route = target.route
         document: object = None
-        if route is None or route.json_event or route.kind == "raw":
-            try:
-                document = json.loads(payload)
-            except (ValueError, RecursionError):
-                document = None
+        try:
+            document = json.loads(payload)
+        except (ValueError, RecursionError):
+            document = None
         event_id = event_id_of(mqtt_topic, payload, document)
-        device = parts.device if parts else "unknown"
-        if route is None or parts is None:
-            reason = NO_ROUTE if parts is not None else MALFORMED_TOPIC
-            return Routed("deadletter", "", device.encode(), [], event_id, reason,
+        if route is None:
+            return Routed("deadletter", "", target.key, [], event_id, target.reject,
                           f"no route for MQTT topic {mqtt_topic!r}")  # fmt: skip
-        values = {"device": parts.device, "stream": parts.stream, "kind": parts.kind}
         headers = [
             ("mqtt_topic", mqtt_topic.encode()),
             ("node_id", self.node),
             ("event_id", event_id.encode()),
         ]
-        kafka_topic = route.topic.format(**values)
-        key = route.key.format(**values).encode()
         if route.json_event and not isinstance(document, dict):
-            return Routed("deadletter", kafka_topic, key, headers, event_id, MALFORMED_EVENT,
-                          f"{route.kind} payload is not a JSON object")  # fmt: skip
+            return Routed(
+                "deadletter",
+                target.kafka_topic,
+                target.key,
+                headers,
+                event_id,
+                MALFORMED_EVENT,
+                f"{route.kind} payload is not a JSON object",
+            )
         if isinstance(document, dict):
             model = document.get("model")
             if isinstance(model, dict) and "version" in model:
                 headers.append(("model_version", str(model["version"]).encode()))
-        return Routed(route.kind, kafka_topic, key, headers, event_id)
+        return Routed(route.kind, target.kafka_topic, target.key, headers, event_id)

@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -120,7 +121,6 @@ class BridgeService:
 
     def _record(self, topic: str, payload: bytes) -> Record:
         routed = self.router.route(topic, payload)
-        self.metrics.received.labels(routed.kind).inc()
         limit = self.settings.max_message_bytes
         if routed.reject is None and len(payload) > limit:
             detail = f"{len(payload)} bytes, Kafka limit {limit}"
@@ -148,6 +148,8 @@ class BridgeService:
                     break
                 continue
             records = [self._record(topic, payload) for topic, payload, _ in group]
+            for kind, n in Counter(r.kind for r in records).items():
+                self.metrics.received.labels(kind).inc(n)
             tokens = [token for _, _, token in group]
             while records:
                 stored = self._commit(records)

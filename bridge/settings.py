@@ -67,7 +67,7 @@ class BridgeSettings(ServiceSettings):
         1_000_000, ge=1024, description="Larger messages go to the dead-letter topic instead."
     )
     inflight_max: int = Field(
-        50_000, ge=100, description="Most messages handed to the Kafka producer, unacked."
+        10_000, ge=100, description="Most messages handed to the Kafka producer, unacked."
     )
     deadletter_topic: str = Field("edge.deadletter", description="Kafka dead-letter topic.")
     probe_min_s: float = Field(0.5, gt=0, description="First outage probe delay.")

@@ -13,7 +13,6 @@ left, it pauses). Every drop is counted by kind.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -33,7 +32,7 @@ CREATE TABLE IF NOT EXISTS spool (
     topic TEXT NOT NULL,
     key BLOB,
     value BLOB NOT NULL,
-    headers TEXT NOT NULL,
+    headers BLOB NOT NULL,
     created REAL NOT NULL,
     size INTEGER NOT NULL
 );
@@ -58,12 +57,17 @@ class Record:
         return len(self.value) + len(self.key or b"") + ROW_OVERHEAD
 
 
-def _encode_headers(headers: list[tuple[str, bytes]]) -> str:
-    return json.dumps([[k, v.decode("utf-8", "replace")] for k, v in headers])
+# Headers are stored as "name\x00value\x00name\x00value": cheap both ways, and neither MQTT
+# topics nor our header values contain NUL (event ids are printable by contract).
+def _encode_headers(headers: list[tuple[str, bytes]]) -> bytes:
+    return b"\x00".join(part for k, v in headers for part in (k.encode(), v))
 
 
-def _decode_headers(text: str) -> list[tuple[str, bytes]]:
-    return [(k, v.encode()) for k, v in json.loads(text)]
+def _decode_headers(blob: bytes) -> list[tuple[str, bytes]]:
+    if not blob:
+        return []
+    parts = blob.split(b"\x00")
+    return [(parts[i].decode(), parts[i + 1]) for i in range(0, len(parts), 2)]
 
 
 class SpoolFullError(Exception):

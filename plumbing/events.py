@@ -63,7 +63,8 @@ def event_id_of(topic: str, payload: bytes, document: object = None) -> str:
     """
     if isinstance(document, dict):
         own = document.get("event_id")
-        if isinstance(own, str) and 0 < len(own) <= MAX_EVENT_ID_CHARS:
+        # Printable only: ids travel in Kafka headers and spool records, never raw bytes.
+        if isinstance(own, str) and 0 < len(own) <= MAX_EVENT_ID_CHARS and own.isprintable():
             return own
     digest = hashlib.sha256(topic.encode("utf-8") + b"\x00" + payload).hexdigest()
     return digest[:32]

@@ -1,0 +1,253 @@
+"""Bridge throughput against a bare subscriber and a naive bridge; spool replay and RSS.
+
+    python tests/bench/bridge_throughput.py --json
+
+MQTT rates: N raw messages wait in each consumer's persistent session (QoS 1); the
+consumer starts and its rate is measured. The bridge's rate is what Kafka acknowledged
+(acks=all, idempotent), read from its metrics, and the count is verified by consuming
+the topic back. Replay: a spool holding ``--spooled`` rows is sent to Kafka by a bridge
+started on it; its peak RSS is measured meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import signal
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from common import Counter, peak_rss_mb, private_stack, publish, run_module
+
+from bridge.spool import Record, Spool
+from plumbing.mqtt import MqttConnection
+from plumbing.settings import MqttSettings
+
+
+def raw_items(prefix: str, count: int) -> list[tuple[str, bytes]]:
+    out = []
+    for i in range(count):
+        body = {"event_id": f"b{i}", "ts": 1.7e9 + i, "amount": i % 500 + 0.5,
+                **{f"V{k}": round((i * k) % 97 / 10, 2) for k in range(1, 15)}}  # fmt: skip
+        out.append((f"{prefix}/dev{i % 16}/raw/payments", json.dumps(body).encode()))
+    return out
+
+
+def bridge_toml(directory: Path, port: int, bootstrap: str, prefix: str, metrics: int) -> Path:
+    path = directory / f"{prefix}.toml"
+    path.write_text(
+        f'node_id = "{prefix}"\nmetrics_port = {metrics}\n'
+        f'[mqtt]\nport = {port}\ntopic_prefix = "{prefix}"\nclient_id = "{prefix}"\n'
+        f'[kafka]\nbootstrap_servers = "{bootstrap}"\n'
+        f'[spool]\npath = "{directory / (prefix + ".db")}"\nmax_bytes = 4294967296\n'
+        f"[models]\nenabled = false\n"
+        f'[[routes]]\nfilter = "+/raw/+"\nkind = "raw"\ntopic = "{prefix}.raw"\n'
+        "json_event = false\n"
+    )
+    return path
+
+
+def metric(port: int, name: str) -> float:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return -1.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
+               if line.startswith(name))  # fmt: skip
+
+
+def kafka_count(bootstrap: str, topic: str, expected: int) -> int:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})  # fmt: skip
+    consumer.subscribe([topic])
+    seen: set[str] = set()
+    deadline = time.monotonic() + 120
+    while len(seen) < expected and time.monotonic() < deadline:
+        for message in consumer.consume(5000, timeout=0.5):
+            if message.error() is None:
+                headers = dict(message.headers() or [])
+                seen.add(headers["event_id"].decode() if "event_id" in headers
+                         else json.loads(message.value())["event_id"])  # fmt: skip
+    consumer.close()
+    return len(seen)
+
+
+def bare_subscriber(stack: object, count: int) -> float:
+    port = stack.state.mqtt_port  # type: ignore[attr-defined]
+    prefix = f"bare{uuid.uuid4().hex[:6]}"
+    settings = MqttSettings(port=port)
+    first = MqttConnection(settings, prefix, subscriptions=[(f"{prefix}/#", 1)])
+    first.start()
+    first.stop()  # the session stays, and queues what follows
+    publish(port, raw_items(prefix, count))
+    counter = Counter.__new__(Counter)
+    Counter.__init__(counter, port, f"{prefix}/#")
+    counter.connection = MqttConnection(settings, prefix, subscriptions=[(f"{prefix}/#", 1)],
+                                        on_message=counter._on_message)  # fmt: skip
+    counter.target = count
+    counter.connection.start()
+    counter.done.wait(300)
+    counter.connection.stop()
+    return counter.rate()
+
+
+def run_bridge_until(  # noqa: PLR0917 - a benchmark step
+    config: Path, metrics: int, workdir: Path, name: str, target: int,
+    preload: tuple[int, list] | None = None,
+) -> tuple[float, float]:  # fmt: skip
+    """Start the bridge, (optionally) stop it, preload, restart; time forwarded 1..target."""
+    args = ["-m", "bridge.cli", "run", "--config", str(config)]
+    if preload is not None:
+        proc = run_module(args, workdir / f"{name}.log")
+        while metric(metrics, "edgewatch_bridge_mqtt_up") < 1:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        publish(*preload)
+    proc = run_module(args, workdir / f"{name}.log")
+    first = last = 0.0
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        forwarded = metric(metrics, "edgewatch_bridge_forwarded_total")
+        now = time.monotonic()
+        if forwarded > 0 and not first:
+            first = now
+        if forwarded >= target:
+            last = now
+            break
+        time.sleep(0.05)
+    rss = peak_rss_mb(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    if not last:
+        raise RuntimeError(f"{name}: Kafka did not acknowledge {target} messages")
+    return target / (last - first), rss
+
+
+def serve_naive(port: int, bootstrap: str, prefix: str) -> None:
+    """Per message: produce, flush (wait for Kafka's ack), then ack on MQTT."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                         "enable.idempotence": True})  # fmt: skip
+    inbox: queue.Queue[object] = queue.Queue()
+    connection = MqttConnection(
+        MqttSettings(port=port),
+        f"{prefix}-naive",
+        manual_ack=True,
+        subscriptions=[(f"{prefix}/#", 1)],
+        on_message=inbox.put,
+    )
+    connection.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while not stop.is_set():
+        try:
+            msg = inbox.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        key = msg.topic.split("/")[1]  # type: ignore[attr-defined]
+        producer.produce(f"{prefix}.raw", value=msg.payload, key=key)  # type: ignore[attr-defined]
+        producer.flush()
+        connection.client.ack(msg.mid, 1)  # type: ignore[attr-defined]
+    connection.stop()
+
+
+def naive_bridge(stack: object, count: int, workdir: Path) -> float:
+    port = stack.state.mqtt_port  # type: ignore[attr-defined]
+    bootstrap = stack.state.kafka_bootstrap  # type: ignore[attr-defined]
+    prefix = f"naive{uuid.uuid4().hex[:6]}"
+    args = [__file__, "--serve-naive", str(port), bootstrap, prefix]
+    proc = run_module(args, workdir / "naive.log")
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    publish(port, raw_items(prefix, count))
+    started = time.monotonic()
+    proc = run_module(args, workdir / "naive.log")
+    done = kafka_count(bootstrap, f"{prefix}.raw", count)
+    elapsed = time.monotonic() - started
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    if done < count:
+        raise RuntimeError(f"naive bridge delivered {done} of {count}")
+    return count / elapsed
+
+
+def fill_spool(path: Path, prefix: str, rows: int) -> None:
+    spool = Spool(path, max_bytes=4 << 30, max_age_s=86400)
+    template = raw_items(prefix, 1000)
+    for start in range(0, rows, 10_000):
+        batch = []
+        for i in range(start, min(rows, start + 10_000)):
+            topic, body = template[i % 1000]
+            batch.append(Record("raw", f"{prefix}.raw", topic.split("/")[1].encode(), body,
+                                [("event_id", f"s{i}".encode())]))  # fmt: skip
+        spool.append(batch)
+    spool.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--count", type=int, default=50_000)
+    parser.add_argument("--naive-count", type=int, default=2_000)
+    parser.add_argument("--spooled", type=int, default=1_000_000)
+    parser.add_argument("--serve-naive", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_naive:
+        serve_naive(int(args.serve_naive[0]), args.serve_naive[1], args.serve_naive[2])
+        return 0
+    from tests.conftest import load_stack_module
+
+    free_port = load_stack_module().free_port
+    workdir = Path(tempfile.mkdtemp(prefix="edgewatch-bridge-bench-"))
+    with private_stack() as stack:
+        state = stack.state  # type: ignore[attr-defined]
+        port, bootstrap = state.mqtt_port, state.kafka_bootstrap
+        raw_rate = bare_subscriber(stack, args.count)
+
+        prefix, metrics = "benchbridge", free_port()
+        config = bridge_toml(workdir, port, bootstrap, prefix, metrics)
+        bridge_rate, _ = run_bridge_until(
+            config,
+            metrics,
+            workdir,
+            "bridge",
+            args.count,
+            preload=(port, raw_items(prefix, args.count)),
+        )
+        verified = kafka_count(bootstrap, f"{prefix}.raw", args.count)
+
+        naive_rate = naive_bridge(stack, args.naive_count, workdir)
+
+        prefix, metrics = "benchreplay", free_port()
+        config = bridge_toml(workdir, port, bootstrap, prefix, metrics)
+        fill_spool(workdir / f"{prefix}.db", prefix, args.spooled)
+        replay_rate, rss = run_bridge_until(config, metrics, workdir, "replay", args.spooled)
+    result = {
+        "bridge_msgs_per_s": round(bridge_rate),
+        "raw_sub_msgs_per_s": round(raw_rate),
+        "naive_msgs_per_s": round(naive_rate),
+        "replay_msgs_per_s": round(replay_rate),
+        "rss_mb_spooled": round(rss, 1),
+        "bridge_vs_raw_sub": round(bridge_rate / raw_rate, 3),
+        "bridge_vs_naive": round(bridge_rate / naive_rate, 1),
+        "verified_in_kafka": verified,
+        "messages": args.count,
+        "spooled": args.spooled,
+    }
+    print(json.dumps(result, indent=2) if args.json else result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Bridge pieces without brokers: routing, header encoding, spool bounds and policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.routing import DEFAULT_ROUTES, MALFORMED_EVENT, MALFORMED_TOPIC, Router
+from bridge.spool import Record, Spool, SpoolFullError, _decode_headers, _encode_headers
+from plumbing.events import Topics, event_id_of
+
+
+def test_routes_by_kind_with_device_key_and_headers() -> None:
+    router = Router(Topics("edge"), DEFAULT_ROUTES, "box-1")
+    routed = router.route(
+        "edge/term-4/scored/payments", b'{"event_id": "e1", "model": {"version": 3}}'
+    )
+    assert (routed.topic, routed.key, routed.reject) == ("edge.scored.payments", b"term-4", None)
+    assert dict(routed.headers) == {
+        "mqtt_topic": b"edge/term-4/scored/payments", "node_id": b"box-1",
+        "event_id": b"e1", "model_version": b"3",
+    }  # fmt: skip
+    status = router.route("edge/box-1/status/agent", b'{"state": "online"}')
+    assert (status.topic, status.key) == ("edge.status", b"box-1/agent")
+    raw = router.route("edge/term-4/raw/sensors", b"not json at all")
+    assert raw.topic == "edge.raw.sensors"
+    assert raw.reject is None  # raw bytes pass through; the agent judges them
+    assert raw.event_id == event_id_of("edge/term-4/raw/sensors", b"not json at all")
+
+
+def test_malformed_topics_and_events_are_rejected() -> None:
+    router = Router(Topics("edge"), DEFAULT_ROUTES, "box-1")
+    assert router.route("edge//raw/payments", b"{}").reject == MALFORMED_TOPIC
+    assert router.route("edge/d/alerts/payments", b"[1]").reject == MALFORMED_EVENT
+
+
+def test_non_printable_event_ids_fall_back_to_the_hash() -> None:
+    payload = b'{"event_id": "a\\u0000b"}'
+    assert event_id_of("t", payload, {"event_id": "a\x00b"}) == event_id_of("t", payload)
+
+
+def test_header_codec_round_trip() -> None:
+    headers = [("mqtt_topic", b"edge/d/raw/s"), ("event_id", b"\xe2\x9c\x93"), ("empty", b"")]
+    assert _decode_headers(_encode_headers(headers)) == headers
+    assert _decode_headers(_encode_headers([])) == []
+
+
+def record(kind: str, size: int, n: int) -> Record:
+    return Record(kind, "t", b"k", b"x" * size, [("event_id", str(n).encode())])
+
+
+def test_pause_policy_stores_what_fits_and_refuses_the_rest(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", max_bytes=10_000, max_age_s=60, policy="pause")
+    stored = spool.append([record("raw", 1000, i) for i in range(20)])
+    assert 0 < stored < 20
+    assert spool.bytes <= 10_000
+    with pytest.raises(SpoolFullError):
+        spool.append([record("raw", 1000, 99)])
+    spool.delete_through(spool.read_after(0, 1)[0].seq)
+    assert spool.append([record("raw", 1000, 100)]) == 1
+
+
+def test_drop_oldest_raw_keeps_other_kinds_and_counts(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", max_bytes=20_000, max_age_s=60, policy="drop_oldest_raw")
+    spool.append([record("scored", 1000, i) for i in range(5)])
+    for i in range(30):
+        spool.append([record("raw", 1000, 100 + i)])
+    kinds = [r.kind for r in spool.read_after(0, 100)]
+    assert kinds.count("scored") == 5
+    assert spool.dropped["raw"] == 30 - kinds.count("raw")
+    assert spool.bytes <= 20_000
+    ids = [dict(r.headers)["event_id"] for r in spool.read_after(0, 100) if r.kind == "raw"]
+    assert ids[-1] == b"129"  # the newest raw survived
+    reopened = Spool(tmp_path / "s.db", max_bytes=20_000, max_age_s=60)
+    assert (reopened.rows, reopened.bytes) == (spool.rows, spool.bytes)
+
+
+def test_age_limit_expires_and_counts(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", max_bytes=1 << 20, max_age_s=10)
+    old = record("alerts", 10, 1)
+    old.created = 1.0  # long ago
+    spool.append([old, record("raw", 10, 2)])
+    assert spool.expire() == 1
+    assert spool.expired["alerts"] == 1
+    assert [r.kind for r in spool.read_after(0, 10)] == ["raw"]
