@@ -16,28 +16,19 @@ from plumbing.errors import EdgewatchError
 
 def cmd_run(args: argparse.Namespace) -> int:
     import gc
-    import threading
 
     from agent.service import AgentService
-    from plumbing.lifecycle import install_stop_signals, sd_notify, watchdog_interval_s
+    from plumbing.lifecycle import run_until_stopped
     from plumbing.logsetup import configure_logging
 
     settings = require_settings(AgentSettings, args.config)
     configure_logging(settings.log_level)
-    stop = threading.Event()
-    install_stop_signals(stop)
     service = AgentService(settings)
     # Start-up objects (modules, models) never die: move them out of the collector's sight
     # so full collections stay short and do not show up as latency spikes.
     gc.collect()
     gc.freeze()
-    service.start()
-    interval = watchdog_interval_s()
-    while not stop.wait(interval or 1.0):
-        if interval:
-            sd_notify("WATCHDOG=1")
-    service.stop()
-    return 0
+    return run_until_stopped(service)
 
 
 def cmd_score(args: argparse.Namespace) -> int:

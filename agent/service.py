@@ -285,9 +285,5 @@ class AgentService:
             log.warning("%d raw messages still unacked at shutdown; the broker redelivers them",
                         len(self.tracker))  # fmt: skip
         self.intake.stop()
-        try:
-            self.output.publish_and_wait(self.status_topic, self._status("offline"),
-                                         retain=True, timeout_s=2.0)  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - best effort; the last will covers it
-            log.warning("offline status not confirmed: %s", exc)
+        self.output.publish_last_status(self.status_topic, self._status("offline"))
         self.output.stop()

@@ -6,7 +6,6 @@ import argparse
 import base64
 import json
 import sys
-import threading
 from pathlib import Path
 
 from bridge.settings import BridgeSettings
@@ -16,21 +15,12 @@ from plumbing.errors import EdgewatchError
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bridge.service import BridgeService
-    from plumbing.lifecycle import install_stop_signals, sd_notify, watchdog_interval_s
+    from plumbing.lifecycle import run_until_stopped
     from plumbing.logsetup import configure_logging
 
     settings = require_settings(BridgeSettings, args.config)
     configure_logging(settings.log_level)
-    stop = threading.Event()
-    install_stop_signals(stop)
-    service = BridgeService(settings)
-    service.start()
-    interval = watchdog_interval_s()
-    while not stop.wait(interval or 1.0):
-        if interval:
-            sd_notify("WATCHDOG=1")
-    service.stop()
-    return 0
+    return run_until_stopped(BridgeService(settings))
 
 
 def _spool(settings: BridgeSettings):  # type: ignore[no-untyped-def]

@@ -240,10 +240,6 @@ class BridgeService:
         for thread in self._threads:
             thread.join(timeout=drain_timeout_s)
         self.forwarder.drain(self.stop_event, timeout_s=drain_timeout_s)
-        try:
-            self.connection.publish_and_wait(self.status_topic, self._status("offline"),
-                                             retain=True, timeout_s=2.0)  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - best effort; the last will covers it
-            log.warning("offline status not confirmed: %s", exc)
+        self.connection.publish_last_status(self.status_topic, self._status("offline"))
         self.connection.stop()
         self.spool.close()

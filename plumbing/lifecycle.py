@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 from types import FrameType
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +48,22 @@ def watchdog_interval_s() -> float | None:
     if not usec or (pid and int(pid) != os.getpid()):
         return None
     return int(usec) / 2_000_000
+
+
+class Service(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def run_until_stopped(service: Service) -> int:
+    """Start ``service``, feed the systemd watchdog, stop it on SIGTERM/SIGINT; exit code 0."""
+    stop = threading.Event()
+    install_stop_signals(stop)
+    service.start()
+    interval = watchdog_interval_s()
+    while not stop.wait(interval or 1.0):
+        if interval:
+            sd_notify("WATCHDOG=1")
+    service.stop()
+    return 0

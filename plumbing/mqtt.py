@@ -130,6 +130,13 @@ class MqttConnection:
         if not info.is_published():
             raise MqttError(f"broker did not acknowledge {topic} within {timeout_s}s")
 
+    def publish_last_status(self, topic: str, payload: bytes) -> None:
+        """The retained status at shutdown, best effort: the last will covers a failure."""
+        try:
+            self.publish_and_wait(topic, payload, retain=True, timeout_s=2.0)
+        except (MqttError, RuntimeError, ValueError) as exc:  # paho raises the latter two
+            log.warning("final status not confirmed: %s", exc)
+
     def ack(self, mid: int, generation: int) -> bool:
         """Acknowledge an incoming QoS 1 message, unless it came on an older connection.
 
