@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.settings import AgentSettings
-from plumbing.cli import base_parser, require_settings, validate_config
-from plumbing.errors import EdgewatchError
+from plumbing.cli import base_parser, dispatch, require_settings
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -117,14 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--labels-out", type=Path, help="write event_id -> label JSONL here")
     replay.set_defaults(handler=cmd_replay)
 
-    args = parser.parse_args(argv)
-    if args.command == "validate-config":
-        return validate_config(AgentSettings, args.config)
-    try:
-        return int(args.handler(args))
-    except EdgewatchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return dispatch(parser.parse_args(argv), AgentSettings)
 
 
 if __name__ == "__main__":

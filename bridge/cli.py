@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from bridge.settings import BridgeSettings
-from plumbing.cli import base_parser, require_settings, validate_config
+from plumbing.cli import base_parser, dispatch, require_settings
 from plumbing.errors import EdgewatchError
 
 
@@ -83,14 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     spool.add_argument("--limit", type=int, default=100, help="rows to dump")
     spool.add_argument("--timeout", type=float, default=120.0, help="drain time limit (s)")
     spool.set_defaults(handler=cmd_spool)
-    args = parser.parse_args(argv)
-    if args.command == "validate-config":
-        return validate_config(BridgeSettings, args.config)
-    try:
-        return int(args.handler(args))
-    except EdgewatchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return dispatch(parser.parse_args(argv), BridgeSettings)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any, TextIO, TypeVar
 
 from pydantic import SecretStr, ValidationError
 
-from plumbing.errors import ConfigError
+from plumbing.errors import ConfigError, EdgewatchError
 from plumbing.settings import ServiceSettings
 
 _HIDDEN_WORDS = ("password", "secret", "token")
@@ -86,3 +86,14 @@ def base_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, A
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_config_commands(subparsers)
     return parser, subparsers
+
+
+def dispatch(args: argparse.Namespace, settings_cls: type[ServiceSettings]) -> int:
+    """Run the chosen subcommand; an EdgewatchError becomes one line on stderr and exit 1."""
+    if args.command == "validate-config":
+        return validate_config(settings_cls, args.config)
+    try:
+        return int(args.handler(args))
+    except EdgewatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
