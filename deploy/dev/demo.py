@@ -162,7 +162,7 @@ def report(board: Scoreboard, messages: list[tuple[str, DeviceMessage]], rate_as
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rate", type=float, default=2500, help="messages per second")
+    parser.add_argument("--rate", type=float, default=1500, help="messages per second")
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     args = parser.parse_args()
 
