@@ -181,7 +181,7 @@ class Forwarder:
     def inflight(self) -> int:
         return len(self._sent)
 
-    def drain(self, stop: threading.Event, timeout_s: float) -> bool:
+    def drain(self, timeout_s: float) -> bool:
         """Deliver what was handed over (no new rows), within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while self._sent and time.monotonic() < deadline:

@@ -239,7 +239,7 @@ class BridgeService:
         self.stop_event.set()
         for thread in self._threads:
             thread.join(timeout=drain_timeout_s)
-        self.forwarder.drain(self.stop_event, timeout_s=drain_timeout_s)
+        self.forwarder.drain(timeout_s=drain_timeout_s)
         self.connection.publish_last_status(self.status_topic, self._status("offline"))
         self.connection.stop()
         self.spool.close()

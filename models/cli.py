@@ -99,7 +99,7 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from models import recipes
-    from models.datasets import CREDITCARD_FEATURES, read_table
+    from models.datasets import CREDITCARD_FEATURES, read_table, write_rows
 
     table = read_table(args.data)
     config = _train_config(args)
@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
     trained = result.trained
     if args.eval_out is not None:
-        _write_rows(table, result.eval_rows, args.eval_out)
+        write_rows(args.data, result.eval_rows, args.eval_out)
     if args.float_out is not None:
         args.float_out.write_bytes(trained.float_model)
     bundle_bytes = sign_bundle(trained.manifest, trained.int8_model, load_private_key(args.key))
@@ -130,11 +130,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} ({trained.manifest.name} v{trained.manifest.version}, "
           f"threshold {trained.manifest.score.threshold:.5f})")  # fmt: skip
     return 0
-
-
-def _write_rows(table: Any, rows: Any, out: Path) -> None:
-    lines = table.path.read_text(encoding="utf-8").splitlines()
-    out.write_text("\n".join([lines[0], *(lines[i + 1] for i in rows)]) + "\n", encoding="utf-8")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

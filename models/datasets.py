@@ -7,6 +7,7 @@ Standard library and numpy only, so the agent's replay tool can use it without t
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,12 @@ def read_table(path: Path) -> Table:
         except ValueError:
             text[name] = values
     return Table(path, columns, numeric, text)
+
+
+def write_rows(source: Path, rows: Iterable[int], out: Path) -> None:
+    """Copy the header and the given data rows (0-based, in that order) of a CSV file."""
+    lines = source.read_text(encoding="utf-8").splitlines()
+    out.write_text("\n".join([lines[0], *(lines[i + 1] for i in rows)]) + "\n", encoding="utf-8")
 
 
 def skab_files(root: Path) -> list[Path]:

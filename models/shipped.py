@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from models import recipes
 from models.bundle import generate_keypair, key_id, load_private_key, load_public_key, sign_bundle
-from models.datasets import SKAB_FEATURES, read_table, skab_files
+from models.datasets import SKAB_FEATURES, read_table, skab_files, write_rows
 from models.evaluation import evaluate, metrics_summary
 from models.features import FeatureSpec, sliding_windows
 from models.skab import TRAIN_ROWS, SkabOptions
@@ -57,10 +57,9 @@ def build_payments(datasets: Path, out_dir: Path) -> tuple[TrainedModel, dict[st
     # All held-out frauds and the first 1,000 held-out normal rows: the demo's fallback data.
     normal = result.eval_rows[result.eval_labels == 0][:1000]
     rows = np.sort(np.concatenate([normal, result.eval_rows[result.eval_labels == 1]]))
-    lines = source.read_text(encoding="utf-8").splitlines()
-    holdout.write_text("\n".join([lines[0], *(lines[i + 1] for i in rows)]) + "\n")
+    write_rows(source, rows, holdout)
     full_holdout = out_dir / ".payments-eval.csv"
-    full_holdout.write_text("\n".join([lines[0], *(lines[i + 1] for i in result.eval_rows)]) + "\n")
+    write_rows(source, result.eval_rows, full_holdout)
     trained = result.trained
     report = evaluate(
         unsigned_bundle(trained.manifest, trained.int8_model),

@@ -35,7 +35,7 @@ def test_evaluate_cli_prints_the_documented_json_keys() -> None:
 def test_creditcard_int8_goal_on_held_out_rows(datasets: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorflow", reason="training needs the 'train' extra")
     from models import recipes
-    from models.datasets import read_table
+    from models.datasets import read_table, write_rows
     from models.training import TrainConfig, unsigned_bundle
 
     source = datasets / "creditcard" / "creditcard_head.csv"
@@ -45,8 +45,7 @@ def test_creditcard_int8_goal_on_held_out_rows(datasets: Path, tmp_path: Path) -
     trained_rows = set(np.flatnonzero(table.labels("Class") == 0)) - set(result.eval_rows)
     assert trained_rows.isdisjoint(result.eval_rows)
     held_out = tmp_path / "eval.csv"
-    lines = source.read_text().splitlines()
-    held_out.write_text("\n".join([lines[0], *(lines[i + 1] for i in result.eval_rows)]) + "\n")
+    write_rows(source, result.eval_rows, held_out)
     trained = result.trained
     report = evaluate(unsigned_bundle(trained.manifest, trained.int8_model), held_out,
                       trained.float_bundle())  # fmt: skip
