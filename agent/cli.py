@@ -7,7 +7,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from agent.settings import AgentSettings
 from plumbing.cli import base_parser, dispatch, require_settings
@@ -53,7 +52,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from agent.replay import messages_from_file, paced
+    from agent.replay import messages_from_file
     from plumbing.events import Topics
     from plumbing.mqtt import MqttConnection
     from plumbing.settings import MqttSettings
@@ -64,26 +63,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.limit:
         messages = messages[: args.limit]
     connection = MqttConnection(settings, f"edgewatch-replay-{time.time_ns()}", max_inflight=1000)
+    if args.labels_out:
+        args.labels_out.write_text("".join(
+            json.dumps({"event_id": m.event_id, "label": m.label}) + "\n" for m in messages
+        ))  # fmt: skip
     connection.start()
-    labels = args.labels_out.open("w") if args.labels_out else None
     started = time.perf_counter()
-    infos: list[Any] = []
-    for i in paced(len(messages), args.rate):
-        message = messages[i]
-        topic = topics.event(message.device, "raw", args.stream)
-        infos.append(connection.client.publish(topic, message.payload, qos=1))
-        if labels is not None:
-            labels.write(json.dumps({"event_id": message.event_id, "label": message.label}) + "\n")
-        if len(infos) >= 5000:
-            for info in infos:
-                info.wait_for_publish(30)
-            infos.clear()
-    for info in infos:
-        info.wait_for_publish(30)
+    connection.publish_all(
+        ((topics.event(m.device, "raw", args.stream), m.payload) for m in messages), args.rate
+    )
     elapsed = time.perf_counter() - started
     connection.stop()
-    if labels is not None:
-        labels.close()
     print(json.dumps({"published": len(messages), "seconds": round(elapsed, 3),
                       "msgs_per_s": round(len(messages) / elapsed, 1)}))  # fmt: skip
     return 0

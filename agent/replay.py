@@ -8,8 +8,6 @@ and are returned beside it, for scoring the results.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,14 +75,3 @@ def _from_jsonl(path: Path, devices: int, prefix: str) -> list[DeviceMessage]:
 def _device_name(path: Path) -> str:
     """'valve1/3.csv' -> 'valve1-3'; 'creditcard_head.csv' -> 'creditcard_head'."""
     return f"{path.parent.name}-{path.stem}" if path.stem.isdigit() else path.stem
-
-
-def paced(count: int, rate: float | None) -> Iterator[int]:
-    """Indices 0..count-1, released at ``rate`` per second (None: as fast as possible)."""
-    started = time.perf_counter()
-    for i in range(count):
-        if rate:
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-        yield i

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -24,6 +25,29 @@ from plumbing.settings import MqttSettings
 log = logging.getLogger(__name__)
 
 QOS_AT_LEAST_ONCE = 1
+T = TypeVar("T")
+
+
+def paced(items: Iterable[T], rate: float | None) -> Iterator[T]:
+    """``items`` released at ``rate`` per second (None: as fast as possible).
+
+    Each item is taken from ``items`` only when its time has come, so a generator that
+    stamps the current time into its payloads stamps the real sending time.
+    """
+    iterator = iter(items)
+    started = time.perf_counter()
+    sent = 0
+    while True:
+        if rate:
+            delay = started + sent / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        yield item
+        sent += 1
 
 
 class MqttError(EdgewatchError):
@@ -120,6 +144,31 @@ class MqttConnection:
             # NO_CONN is fine: paho keeps QoS 1 messages and sends them after reconnecting.
             raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         return int(info.mid)
+
+    def publish_all(
+        self,
+        items: Iterable[tuple[str, bytes]],
+        rate: float | None = None,
+        *,
+        window: int = 5000,
+        timeout_s: float = 60.0,
+    ) -> int:
+        """QoS 1 publishes (paced if ``rate``); waits for every PUBACK, ``window`` at a time."""
+        infos: list[paho.MQTTMessageInfo] = []
+        count = 0
+        for topic, payload in paced(items, rate):
+            infos.append(self.client.publish(topic, payload, qos=QOS_AT_LEAST_ONCE))
+            count += 1
+            if len(infos) >= window:
+                self._wait_all(infos, timeout_s)
+        self._wait_all(infos, timeout_s)
+        return count
+
+    @staticmethod
+    def _wait_all(infos: list[paho.MQTTMessageInfo], timeout_s: float) -> None:
+        for info in infos:
+            info.wait_for_publish(timeout_s)
+        infos.clear()
 
     def publish_and_wait(
         self, topic: str, payload: bytes, *, retain: bool = False, timeout_s: float = 10.0

@@ -27,7 +27,7 @@ import paho.mqtt.client as paho  # noqa: E402
 
 from agent.replay import DeviceMessage, messages_from_file  # noqa: E402
 from models.metrics import at_threshold  # noqa: E402
-from plumbing.mqtt import MqttConnection  # noqa: E402
+from plumbing.mqtt import MqttConnection, paced  # noqa: E402
 from plumbing.settings import MqttSettings  # noqa: E402
 from tests.conftest import load_stack_module  # noqa: E402
 
@@ -116,12 +116,8 @@ def replay(port: int, messages: list[tuple[str, DeviceMessage]], source: str, ra
     print(f"replaying {len(messages)} events from {source} at {rate:.0f}/s …", flush=True)
     publisher = MqttConnection(MqttSettings(port=port), f"demo-replay-{time.time_ns()}")
     publisher.start()
-    started = time.perf_counter()
-    next_report = started
-    for i, (stream, message) in enumerate(messages):
-        delay = started + i / rate - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
+    next_report = time.perf_counter()
+    for i, (stream, message) in enumerate(paced(messages, rate)):
         document = json.loads(message.payload)
         document["ts"] = time.time()
         publisher.client.publish(f"edge/{message.device}/raw/{stream}", json.dumps(document), qos=1)

@@ -85,26 +85,18 @@ def publish(port: int, items: list[tuple[str, bytes]], rate: float | None = None
     connection = MqttConnection(MqttSettings(port=port), f"pub-{uuid.uuid4().hex[:6]}",
                                 max_inflight=1000)  # fmt: skip
     connection.start()
-    infos = []
-    started = time.perf_counter()
-    for i, (topic, body) in enumerate(items):
-        payload = body
-        if rate:
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-        if stamp:
-            document = json.loads(payload)
-            document["ts"] = time.time()
-            payload = json.dumps(document).encode()
-        infos.append(connection.client.publish(topic, payload, qos=1))
-        if len(infos) >= 20_000:
-            for info in infos:
-                info.wait_for_publish(60)
-            infos.clear()
-    for info in infos:
-        info.wait_for_publish(60)
+    connection.publish_all(
+        ((topic, _stamped(body)) for topic, body in items) if stamp else items,
+        rate, window=20_000,
+    )  # fmt: skip
     connection.stop()
+
+
+def _stamped(body: bytes) -> bytes:
+    """The payload with ``ts`` = now (taken when the paced publisher sends it)."""
+    document = json.loads(body)
+    document["ts"] = time.time()
+    return json.dumps(document).encode()
 
 
 def run_module(

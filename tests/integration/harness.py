@@ -144,16 +144,7 @@ def publish_all(port: int, items: list[tuple[str, bytes]], rate: float | None = 
     """Publish with QoS 1 and wait for every PUBACK."""
     connection = MqttConnection(MqttSettings(port=port), f"pub-{uuid.uuid4().hex[:8]}")
     connection.start()
-    infos = []
-    started = time.perf_counter()
-    for i, (topic, payload) in enumerate(items):
-        if rate:
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-        infos.append(connection.client.publish(topic, payload, qos=1))
-    for info in infos:
-        info.wait_for_publish(30)
+    connection.publish_all(items, rate)
     connection.stop()
 
 
