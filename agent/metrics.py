@@ -67,6 +67,12 @@ class AgentMetrics:
         self.model_rejected = Counter(
             "edgewatch_agent_model_rejected", "Model bundles refused", ["reason"], registry=r
         )
+        self.publish_refused = Counter(
+            "edgewatch_agent_publish_refused",
+            "Publishes the broker refused (PUBACK reason code), sent again after a delay",
+            ["reason"],
+            registry=r,
+        )
         self.stale_acks = Counter(
             "edgewatch_agent_stale_acks",
             "Acks skipped because the connection changed (the broker redelivers)",

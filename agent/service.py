@@ -20,7 +20,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from agent.acks import AckTracker
+from agent.acks import AckTracker, Publish
 from agent.metrics import AgentMetrics
 from agent.pipeline import Inbound, Limits, Outcome, Pipeline, StreamModel
 from agent.settings import AgentSettings
@@ -103,8 +103,15 @@ class AgentService:
             self.metrics.intake_waits.inc()
             self.queue.put(item)
 
-    def _on_publish(self, mid: int) -> None:
-        done = self.tracker.published(mid)
+    def _on_publish(self, mid: int, refused: str | None) -> None:
+        if refused is not None:
+            self.metrics.publish_refused.labels(refused).inc()
+            self.tracker.refused(mid)  # the worker publishes it again; the raw stays unacked
+            return
+        self._complete(self.tracker.published(mid))
+
+    def _complete(self, done: tuple[Any, float] | None) -> None:
+        """Ack the raw message whose outputs are now all acknowledged."""
         if done is None:
             return
         token, latency = done
@@ -118,9 +125,16 @@ class AgentService:
     # -- worker ----------------------------------------------------------------------------------
     def _publish_tracked(self, token: Any, received: float, publishes: list[tuple[str, bytes]],
                          retain: bool = False) -> None:  # fmt: skip
-        mids = [self.output.publish(t, p, retain=retain) for t, p in publishes]
-        if self.tracker.register(token, received, mids) and token is not None:
+        outputs = [(self.output.publish(t, p, retain=retain), Publish(t, p, retain))
+                   for t, p in publishes]  # fmt: skip
+        if self.tracker.register(token, received, outputs) and token is not None:
             self.intake.ack(*token)
+
+    def _publish_refused_again(self) -> None:
+        for retry in self.tracker.due_retries():
+            topic, payload, retain = retry.publish
+            mid = self.output.publish(topic, payload, retain=retain)
+            self._complete(self.tracker.retried(retry.pending, mid, retry.publish))
 
     def _next_batch(self) -> list[Inbound] | None:
         """Up to batch_max messages, waiting at most batch_wait_ms after the first."""
@@ -152,6 +166,7 @@ class AgentService:
     def _work(self) -> None:
         while True:
             self._apply_model_updates()
+            self._publish_refused_again()
             if not self.tracker.wait_below(self.max_unacked, timeout_s=0.2):
                 continue  # outputs still unacked: hold intake (the queue then fills)
             batch = self._next_batch()

@@ -10,6 +10,7 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from plumbing.settings import MqttSettings
 log = logging.getLogger(__name__)
 
 QOS_AT_LEAST_ONCE = 1
+REFUSALS_KEPT = 1024
 T = TypeVar("T")
 
 
@@ -60,6 +62,8 @@ class MqttConnection:
     ``subscriptions`` are (filter, qos) pairs made on every (re)connect. ``on_message``
     gets paho's message; with ``manual_ack`` the caller acks through :meth:`ack`.
     ``generation`` counts connections: message ids of an older generation are stale.
+    ``on_publish`` gets each PUBACK's message id and, when the broker refused the message
+    (a failure reason code such as quota exceeded or not authorized), the reason's name.
     """
 
     def __init__(
@@ -72,7 +76,7 @@ class MqttConnection:
         manual_ack: bool = False,
         will: tuple[str, bytes] | None = None,
         max_inflight: int = 1000,
-        on_publish: Callable[[int], None] | None = None,
+        on_publish: Callable[[int, str | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.subscriptions = list(subscriptions)
@@ -80,6 +84,7 @@ class MqttConnection:
         self.connected = threading.Event()
         self._on_message = on_message
         self._on_publish = on_publish
+        self._refused: dict[int, str] = {}  # recent refusals, for publish_and_wait
         self._connect_listeners: list[Callable[[], None]] = []
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -153,22 +158,21 @@ class MqttConnection:
         window: int = 5000,
         timeout_s: float = 60.0,
     ) -> int:
-        """QoS 1 publishes (paced if ``rate``); waits for every PUBACK, ``window`` at a time."""
-        infos: list[paho.MQTTMessageInfo] = []
+        """QoS 1 publishes (paced if ``rate``); at most ``window`` await their PUBACK.
+
+        The window slides: only the oldest publish is waited for, so a paced sender never
+        stops for a whole window and then bursts to catch up.
+        """
+        pending: deque[paho.MQTTMessageInfo] = deque()
         count = 0
         for topic, payload in paced(items, rate):
-            infos.append(self.client.publish(topic, payload, qos=QOS_AT_LEAST_ONCE))
+            pending.append(self.client.publish(topic, payload, qos=QOS_AT_LEAST_ONCE))
             count += 1
-            if len(infos) >= window:
-                self._wait_all(infos, timeout_s)
-        self._wait_all(infos, timeout_s)
-        return count
-
-    @staticmethod
-    def _wait_all(infos: list[paho.MQTTMessageInfo], timeout_s: float) -> None:
-        for info in infos:
+            while pending and (len(pending) >= window or pending[0].is_published()):
+                pending.popleft().wait_for_publish(timeout_s)
+        for info in pending:
             info.wait_for_publish(timeout_s)
-        infos.clear()
+        return count
 
     def publish_and_wait(
         self, topic: str, payload: bytes, *, retain: bool = False, timeout_s: float = 10.0
@@ -178,6 +182,9 @@ class MqttConnection:
         info.wait_for_publish(timeout_s)
         if not info.is_published():
             raise MqttError(f"broker did not acknowledge {topic} within {timeout_s}s")
+        refused = self._refused.pop(info.mid, None)
+        if refused is not None:
+            raise MqttError(f"broker refused the publish to {topic}: {refused}")
 
     def publish_last_status(self, topic: str, payload: bytes) -> None:
         """The retained status at shutdown, best effort: the last will covers a failure."""
@@ -244,8 +251,14 @@ class MqttConnection:
         _client: paho.Client,
         _userdata: Any,
         mid: int,
-        _reason_code: ReasonCode,
+        reason_code: ReasonCode,
         _properties: Properties,
     ) -> None:
+        refused = reason_code.getName() if reason_code.is_failure else None
+        if refused is not None:
+            log.warning("broker refused message %d: %s", mid, refused)
+            if len(self._refused) >= REFUSALS_KEPT:
+                self._refused.pop(next(iter(self._refused)))
+            self._refused[mid] = refused
         if self._on_publish is not None:
-            self._on_publish(mid)
+            self._on_publish(mid, refused)

@@ -26,6 +26,7 @@ from common import (
     private_stack,
     publish,
     run_module,
+    steady_harness,
 )
 
 from agent.pipeline import Inbound, Limits, Outcome, Pipeline, StreamModel
@@ -178,6 +179,7 @@ def main() -> int:
     import tempfile
 
     workdir = Path(tempfile.mkdtemp(prefix="edgewatch-agent-bench-"))
+    steady_harness()
     with private_stack() as stack:
         agent_rate, agent_rss = measure(stack, "agent", args.count, workdir)
         echo_rate, _ = measure(stack, "echo", args.count, workdir)

@@ -23,7 +23,14 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from common import Counter, peak_rss_mb, private_stack, publish, run_module
+from common import (
+    Counter,
+    peak_rss_mb,
+    private_stack,
+    publish,
+    run_module,
+    steady_harness,
+)
 
 from bridge.spool import Record, Spool
 from plumbing.mqtt import MqttConnection
@@ -210,6 +217,7 @@ def main() -> int:
 
     free_port = load_stack_module().free_port
     workdir = Path(tempfile.mkdtemp(prefix="edgewatch-bridge-bench-"))
+    steady_harness()
     with private_stack() as stack:
         state = stack.state  # type: ignore[attr-defined]
         port, bootstrap = state.mqtt_port, state.kafka_bootstrap

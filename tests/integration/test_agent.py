@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import math
 import random
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,12 +17,14 @@ from pathlib import Path
 import pytest
 
 from agent.replay import messages_from_file
+from tests.conftest import load_stack_module
 from tests.integration.harness import (
     BUNDLES,
     DEV_KEY,
     Collector,
     agent_config,
     publish_all,
+    scrape,
     start_agent,
     wait_for,
 )
@@ -197,3 +202,59 @@ def test_sigterm_drains_and_restart_loses_nothing(
         finally:
             agent.stop()
     assert stop_seconds < 15
+
+
+def _acl_broker(directory: Path, acl: str) -> tuple[int, subprocess.Popen[bytes]]:
+    """A Mosquitto of this test's own whose ACL file can be rewritten and reloaded (SIGHUP)."""
+    stack = load_stack_module()
+    port = stack.free_port()
+    (directory / "acl").write_text(acl)
+    (directory / "mosquitto.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {directory / 'acl'}\n"
+        f"user {getpass.getuser()}\n"
+    )
+    proc = subprocess.Popen([stack.ensure_mosquitto(), "-c", str(directory / "mosquitto.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return port, proc
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("private mosquitto did not start")
+
+
+def test_refused_publishes_are_retried_and_nothing_is_lost(
+    tmp_path: Path, mqtt_prefix: str
+) -> None:
+    # Scored and alert topics are read-only at first: the broker answers the agent's
+    # publishes with PUBACK "Not authorized". The raw messages must stay unacked and be
+    # scored once the ACL allows it, not acked as if their outputs had been delivered.
+    readable = f"topic read {mqtt_prefix}/+/scored/#\ntopic read {mqtt_prefix}/+/alerts/#\n"
+    open_topics = "".join(
+        f"topic readwrite {mqtt_prefix}/+/{kind}/#\n" for kind in ("raw", "status", "deadletter")
+    )
+    port, broker = _acl_broker(tmp_path, open_topics + readable)
+    items, messages = raw_items(mqtt_prefix, SAMPLE, "payments", devices=2, limit=50)
+    metrics_port = load_stack_module().free_port()
+    config = agent_config(tmp_path, port, mqtt_prefix, extra=f"metrics_port = {metrics_port}")
+    try:
+        with Collector(port, [f"{mqtt_prefix}/#"]) as collector:
+            agent = start_agent(config, tmp_path / "a.log", collector, mqtt_prefix)
+            try:
+                publish_all(port, items)
+                refused = 'edgewatch_agent_publish_refused_total{reason="Not authorized"}'
+                wait_for(lambda: scrape(metrics_port).get(refused, 0) >= len(items), 30,
+                         "the broker to refuse the scored events")  # fmt: skip
+                assert collector.count("scored") == 0
+                (tmp_path / "acl").write_text(f"topic readwrite {mqtt_prefix}/#\n")
+                broker.send_signal(signal.SIGHUP)  # Mosquitto reloads its ACL file
+                expected = {m.event_id for m in messages}
+                wait_for(lambda: expected <= {d["event_id"] for d in collector.documents("scored")},
+                         60, "every event scored after the ACL allowed it")  # fmt: skip
+            finally:
+                agent.stop()
+    finally:
+        broker.terminate()
+        broker.wait(10)
