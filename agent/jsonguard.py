@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from plumbing.events import loads
 
 INVALID_JSON = "invalid_json"
 NOT_AN_OBJECT = "not_an_object"
@@ -52,7 +53,7 @@ def parse_object(payload: bytes, *, max_bytes: int, max_depth: int) -> dict[str,
         if depth > max_depth:
             raise PayloadRejectedError(TOO_DEEP, f"nesting depth {depth}, limit {max_depth}")
     try:
-        document = json.loads(payload)
+        document = loads(payload)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise PayloadRejectedError(INVALID_JSON, str(exc)[:200]) from exc
     if not isinstance(document, dict):

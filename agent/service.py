@@ -33,6 +33,7 @@ from plumbing.mqtt import MqttConnection
 log = logging.getLogger(__name__)
 
 _STOP = object()
+OUTPUTS_PER_RAW = 2  # a scored event and an alert (or one dead-letter)
 
 
 class AgentService:
@@ -77,7 +78,9 @@ class AgentService:
             f"{settings.mqtt_client_id}-out",
             will=(self.status_topic, self._status("offline")),
             on_publish=self._on_publish,
-            max_inflight=settings.mqtt.receive_maximum * 2,
+            # paho's own window costs a scan of every in-flight message per PUBACK; the
+            # worker bounds in-flight publishes itself (see _unacked_limit).
+            max_inflight=0,
         )
         self.output.add_connect_listener(self._publish_status)
         self.max_unacked = settings.mqtt.receive_maximum
@@ -136,6 +139,12 @@ class AgentService:
             mid = self.output.publish(topic, payload, retain=retain)
             self._complete(self.tracker.retried(retry.pending, mid, retry.publish))
 
+    def _unacked_limit(self) -> int:
+        """Open raws allowed: our receive maximum, and few enough that their outputs (at
+        most two each, plus a status) fit the broker's receive maximum for the output."""
+        room = (self.output.server_receive_maximum - 1) // OUTPUTS_PER_RAW
+        return max(1, min(self.max_unacked, room))
+
     def _next_batch(self) -> list[Inbound] | None:
         """Up to batch_max messages, waiting at most batch_wait_ms after the first."""
         try:
@@ -167,7 +176,7 @@ class AgentService:
         while True:
             self._apply_model_updates()
             self._publish_refused_again()
-            if not self.tracker.wait_below(self.max_unacked, timeout_s=0.2):
+            if not self.tracker.wait_below(self._unacked_limit(), timeout_s=0.2):
                 continue  # outputs still unacked: hold intake (the queue then fills)
             batch = self._next_batch()
             if batch is None:

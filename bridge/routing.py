@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from paho.mqtt.client import topic_matches_sub
 from pydantic import BaseModel, ConfigDict, Field
 
-from plumbing.events import Topics, event_id_of
+from plumbing.events import Topics, event_id_of, loads
 
 MALFORMED_TOPIC = "malformed_topic"
 MALFORMED_EVENT = "malformed_event"
@@ -104,7 +103,7 @@ class Router:
         route = target.route
         document: object = None
         try:
-            document = json.loads(payload)
+            document = loads(payload)
         except (ValueError, RecursionError):
             document = None
         event_id = event_id_of(mqtt_topic, payload, document)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import orjson
 
 EventKind = Literal["raw", "scored", "alerts", "deadletter"]
 EVENT_KINDS: tuple[EventKind, ...] = ("raw", "scored", "alerts", "deadletter")
@@ -70,9 +73,37 @@ def event_id_of(topic: str, payload: bytes, document: object = None) -> str:
     return digest[:32]
 
 
+def loads(data: bytes) -> Any:
+    """Parse JSON as ``json.loads`` does; orjson does the common case fast.
+
+    What orjson refuses (NaN and Infinity literals, lone surrogates, UTF-16 input, broken
+    documents) goes to the standard library, which decides: accepted documents and error
+    types stay those of ``json.loads``. One difference: orjson reads an integer beyond 64
+    bits as a float (every consumer here wants a float of it anyway).
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
 def dumps(document: dict[str, Any]) -> bytes:
-    """Compact, strict JSON (no NaN) as UTF-8 bytes, the one encoding of every event."""
-    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    """Compact JSON as UTF-8 bytes, the one encoding of every event; NaN and ±inf → null."""
+    try:
+        return orjson.dumps(document)
+    except orjson.JSONEncodeError:
+        # Integers beyond 64 bits (from documents built elsewhere) are outside its range.
+        return json.dumps(_finite(document), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def deadletter_document(

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 QOS_AT_LEAST_ONCE = 1
 REFUSALS_KEPT = 1024
+SERVER_RECEIVE_MAXIMUM_DEFAULT = 65535  # MQTT v5: absent means 65,535
 T = TypeVar("T")
 
 
@@ -84,6 +85,9 @@ class MqttConnection:
         self.connected = threading.Event()
         self._on_message = on_message
         self._on_publish = on_publish
+        # How many QoS 1 publishes the broker accepts unacknowledged (CONNACK); paho does
+        # not enforce it, so a caller that publishes with max_inflight=0 bounds itself.
+        self.server_receive_maximum = SERVER_RECEIVE_MAXIMUM_DEFAULT
         self._refused: dict[int, str] = {}  # recent refusals, for publish_and_wait
         self._connect_listeners: list[Callable[[], None]] = []
         client = paho.Client(
@@ -210,12 +214,15 @@ class MqttConnection:
         _userdata: Any,
         _flags: Any,
         reason_code: ReasonCode,
-        _properties: Properties | None,
+        properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
             log.error("MQTT broker refused the connection: %s", reason_code)
             return
         self.generation += 1
+        self.server_receive_maximum = int(
+            getattr(properties, "ReceiveMaximum", SERVER_RECEIVE_MAXIMUM_DEFAULT)
+        )
         sock = client.socket()
         if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
             # paho leaves Nagle on: a PUBACK followed by a small PUBLISH would then wait for
