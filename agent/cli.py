@@ -57,7 +57,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from plumbing.mqtt import MqttConnection
     from plumbing.settings import MqttSettings
 
-    settings = MqttSettings(host=args.host, port=args.port, topic_prefix=args.prefix)
+    settings = MqttSettings(
+        host=args.host, port=args.port, topic_prefix=args.prefix, session_expiry_s=0
+    )
     topics = Topics(args.prefix)
     messages = [m for path in args.files for m in messages_from_file(path, devices=args.devices)]
     if args.limit:

@@ -114,7 +114,8 @@ def replay(port: int, messages: list[tuple[str, DeviceMessage]], source: str, ra
            board: Scoreboard) -> None:  # fmt: skip
     """Publish at ``rate`` with QoS 1, stamping ts; print progress once a second."""
     print(f"replaying {len(messages)} events from {source} at {rate:.0f}/s …", flush=True)
-    publisher = MqttConnection(MqttSettings(port=port), f"demo-replay-{time.time_ns()}")
+    settings = MqttSettings(port=port, session_expiry_s=0)  # a publisher keeps no session
+    publisher = MqttConnection(settings, f"demo-replay-{time.time_ns()}")
     publisher.start()
     next_report = time.perf_counter()
     for i, (stream, message) in enumerate(paced(messages, rate)):
@@ -170,7 +171,9 @@ def main() -> int:
     print(f"  mqtt {state.mqtt_address}   kafka {state.kafka_bootstrap}")
     agent_config, bridge_config = config_files(state.mqtt_port, state.kafka_bootstrap, metrics)
     board = Scoreboard()
-    watcher = MqttConnection(MqttSettings(port=state.mqtt_port, receive_maximum=65535),
+    # The watcher's session outlives a reconnect, not the demo.
+    watched = MqttSettings(port=state.mqtt_port, receive_maximum=65535, session_expiry_s=10)
+    watcher = MqttConnection(watched,
                              f"demo-scoreboard-{time.time_ns()}",
                              subscriptions=[("edge/+/scored/+", 1), ("edge/+/alerts/+", 1),
                                             ("edge/+/deadletter/+", 1)],

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
+# Observers keep their session long enough for a reconnect, not to pile up messages for
+# later rounds after they are gone.
+OBSERVER_SESSION_S = 10
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
@@ -66,7 +69,8 @@ class Counter:
         self.done = threading.Event()
         self.target = 0
         self.connection = MqttConnection(
-            MqttSettings(port=port, receive_maximum=65535), f"count-{uuid.uuid4().hex[:6]}",
+            MqttSettings(port=port, receive_maximum=65535, session_expiry_s=OBSERVER_SESSION_S),
+            f"count-{uuid.uuid4().hex[:6]}",
             subscriptions=[(topic_filter, 1)], on_message=self._on_message,
         )  # fmt: skip
 
@@ -96,8 +100,8 @@ class Counter:
 def publish(port: int, items: list[tuple[str, bytes]], rate: float | None = None,
             stamp: bool = False) -> None:  # fmt: skip
     """QoS 1 publishes (paced if ``rate``), waiting for every PUBACK; ``stamp`` sets ts."""
-    connection = MqttConnection(MqttSettings(port=port), f"pub-{uuid.uuid4().hex[:6]}",
-                                max_inflight=1000)  # fmt: skip
+    settings = MqttSettings(port=port, session_expiry_s=0)  # a publisher keeps no session
+    connection = MqttConnection(settings, f"pub-{uuid.uuid4().hex[:6]}", max_inflight=1000)
     connection.start()
     connection.publish_all(
         ((topic, _stamped(body)) for topic, body in items) if stamp else items,

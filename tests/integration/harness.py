@@ -82,13 +82,17 @@ class ServiceProcess:
 
 
 class Collector:
-    """A QoS 1 subscriber with a persistent session that records what arrives, by topic."""
+    """A QoS 1 subscriber that records what arrives, by topic.
+
+    Its session outlives a reconnect, not the test: a gone collector must not have the
+    broker queue messages for it.
+    """
 
     def __init__(self, port: int, filters: list[str]) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self.connection = MqttConnection(
-            MqttSettings(port=port), f"collector-{uuid.uuid4().hex[:8]}",
+            MqttSettings(port=port, session_expiry_s=10), f"collector-{uuid.uuid4().hex[:8]}",
             subscriptions=[(f, 1) for f in filters], on_message=self._on_message,
         )  # fmt: skip
 
@@ -142,7 +146,8 @@ def start_agent(config: Path, log: Path, collector: Collector, prefix: str) -> S
 
 def publish_all(port: int, items: list[tuple[str, bytes]], rate: float | None = None) -> None:
     """Publish with QoS 1 and wait for every PUBACK."""
-    connection = MqttConnection(MqttSettings(port=port), f"pub-{uuid.uuid4().hex[:8]}")
+    settings = MqttSettings(port=port, session_expiry_s=0)  # a publisher keeps no session
+    connection = MqttConnection(settings, f"pub-{uuid.uuid4().hex[:8]}")
     connection.start()
     connection.publish_all(items, rate)
     connection.stop()
