@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from functools import partial
 
@@ -85,6 +85,7 @@ class Forwarder:
         self._last_delete = time.monotonic()
         self._delivered_window = (time.monotonic(), 0)
         self.delivered = 0
+        self._forwarded: Counter[str] = Counter()
 
     # -- callbacks (run inside producer.poll on this thread) ---------------------------------
     def _on_error(self, error: KafkaError) -> None:
@@ -96,7 +97,7 @@ class Forwarder:
     def _on_delivery(self, seq: int, error: KafkaError | None, message: Message) -> None:
         record = self._records.pop(seq, None)
         if error is None:
-            self.metrics.forwarded.labels(message.topic()).inc()
+            self._forwarded[message.topic() or ""] += 1  # to the metric once per step
             self.delivered += 1
             if not self.kafka_up:
                 self._set_up(True)
@@ -148,7 +149,6 @@ class Forwarder:
                 self.producer.poll(0.05)  # librdkafka's queue is full: let it drain
         self._sent.append(record.seq)
         self._records[record.seq] = record
-        self.producer.poll(0)
 
     def _probe(self) -> None:
         try:
@@ -159,6 +159,9 @@ class Forwarder:
         self._set_up(True)
 
     def _advance(self) -> None:
+        for topic, count in self._forwarded.items():
+            self.metrics.forwarded.labels(topic).inc(count)
+        self._forwarded.clear()
         sent, done = self._sent, self._done
         while sent and sent[0] in done:
             seq = sent.popleft()

@@ -16,13 +16,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 OverflowPolicy = Literal["pause", "drop_oldest_raw"]
+RECENT_MAX_ROWS = 2048  # committed rows kept in memory for the sender
 ROW_OVERHEAD = 64  # bytes counted per row beyond key and value (topic, headers, index)
 
 _SCHEMA = """
@@ -67,7 +68,7 @@ def _decode_headers(blob: bytes) -> list[tuple[str, bytes]]:
     if not blob:
         return []
     parts = blob.split(b"\x00")
-    return [(parts[i].decode(), parts[i + 1]) for i in range(0, len(parts), 2)]
+    return list(zip(map(bytes.decode, parts[0::2]), parts[1::2], strict=True))
 
 
 class SpoolFullError(Exception):
@@ -96,8 +97,14 @@ class Spool:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = self._db()
         db.executescript(_SCHEMA)
-        row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool").fetchone()
-        self._rows, self._bytes = int(row[0]), int(row[1])
+        row = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(seq), 0) FROM spool"
+        ).fetchone()
+        self._rows, self._bytes, self._last_seq = int(row[0]), int(row[1]), int(row[2])
+        # Groups just committed, in seq order: the sender reads these from memory instead
+        # of from SQLite while it keeps up (bounded; beyond it, SQLite serves).
+        self._recent: deque[list[Record]] = deque()
+        self._recent_rows = 0
         self.rows_at_open = self._rows
 
     def _db(self) -> sqlite3.Connection:
@@ -122,15 +129,22 @@ class Spool:
         return self._bytes
 
     def oldest_age_s(self) -> float:
-        row = self._db().execute("SELECT MIN(created) FROM spool").fetchone()
-        return 0.0 if row[0] is None else max(0.0, time.time() - float(row[0]))
+        oldest = self._oldest_created()
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
+    def _oldest_created(self) -> float | None:
+        """Creation time of the first row: rows are appended in time order, so one index
+        lookup instead of a scan of the whole spool (it runs every second)."""
+        row = self._db().execute("SELECT created FROM spool ORDER BY seq LIMIT 1").fetchone()
+        return None if row is None else float(row[0])
 
     # -- writing ---------------------------------------------------------------------------------
     def append(self, records: Sequence[Record]) -> int:
         """Store a prefix of ``records`` durably in one transaction; returns how many.
 
         As many as fit (after the overflow policy made what room it may) are stored, in
-        order; the caller acks exactly those. Raises SpoolFullError when none fit.
+        order, and get their ``seq`` and ``created``; the caller acks exactly those. Raises
+        SpoolFullError when none fit.
         """
         sizes = [r.size for r in records]
         incoming = sum(sizes)
@@ -150,23 +164,34 @@ class Spool:
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
+            for record in records:
+                record.created = record.created or now
             db.executemany(
                 "INSERT INTO spool (kind, topic, key, value, headers, created, size)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
                     (r.kind, r.topic, r.key, r.value, _encode_headers(r.headers),
-                     r.created or now, r.size)
+                     r.created, r.size)
                     for r in records
                 ],
             )  # fmt: skip
+            # One writer inside one transaction: AUTOINCREMENT hands out consecutive seqs.
+            (last,) = db.execute("SELECT last_insert_rowid()").fetchone()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        stored = list(records)
+        for seq, record in enumerate(stored, start=int(last) - len(stored) + 1):
+            record.seq = seq
         with self._lock:
-            self._rows += len(records)
+            self._rows += len(stored)
             self._bytes += incoming
-        return len(records)
+            self._last_seq = int(last)
+            if self._recent_rows + len(stored) <= RECENT_MAX_ROWS:
+                self._recent.append(stored)
+                self._recent_rows += len(stored)
+        return len(stored)
 
     def _make_room(self, needed: int) -> None:
         excess = self._bytes + needed - self.max_bytes
@@ -199,6 +224,7 @@ class Spool:
         with self._lock:
             self._rows -= deleted
             self._bytes -= size
+            self._forget_recent()
 
     def delete_through(self, seq: int) -> int:
         """Forget every row with sequence <= ``seq`` (all delivered)."""
@@ -217,6 +243,9 @@ class Spool:
     def expire(self) -> int:
         """Drop rows older than max_age_s, counted by kind."""
         cutoff = time.time() - self.max_age_s
+        oldest = self._oldest_created()
+        if oldest is None or oldest >= cutoff:
+            return 0  # the common case, without scanning the spool
         db = self._db()
         kinds = db.execute(
             "SELECT kind, COUNT(*) FROM spool WHERE created < ? GROUP BY kind", (cutoff,)
@@ -232,12 +261,20 @@ class Spool:
         with self._lock:
             self._rows -= int(row[0])
             self._bytes -= int(row[1])
+            self._forget_recent()
         for kind, count in kinds:
             self.expired[kind] += int(count)
         return int(row[0])
 
     # -- reading ---------------------------------------------------------------------------------
     def read_after(self, seq: int, limit: int) -> list[Record]:
+        """Up to ``limit`` rows after ``seq``, in order (from memory when just committed)."""
+        with self._lock:
+            if seq >= self._last_seq:
+                return []
+            recent = self._recent_after(seq, limit)
+        if recent:
+            return recent
         rows = (
             self._db()
             .execute(
@@ -251,6 +288,22 @@ class Spool:
             Record(kind, topic, key, value, _decode_headers(headers), created, seq_)
             for seq_, kind, topic, key, value, headers, created in rows
         ]
+
+    def _forget_recent(self) -> None:
+        """Rows were dropped (policy, age): the cache may hold some; SQLite is the truth."""
+        self._recent.clear()
+        self._recent_rows = 0
+
+    def _recent_after(self, seq: int, limit: int) -> list[Record]:
+        """The cached group that starts right after ``seq``; older groups are let go."""
+        recent = self._recent
+        while recent and recent[0][-1].seq <= seq:
+            self._recent_rows -= len(recent.popleft())
+        if recent and recent[0][0].seq == seq + 1 and len(recent[0]) <= limit:
+            group = recent.popleft()
+            self._recent_rows -= len(group)
+            return group
+        return []
 
     def stats(self) -> dict[str, object]:
         db = self._db()
