@@ -6,6 +6,7 @@ MQTT rates: N raw messages wait in each consumer's persistent session (QoS 1); t
 consumer starts and its rate is measured. The bridges' rates are measured in Kafka:
 every event id is consumed back (acks=all, idempotent producer) and the rate is the count
 over the span of the records' timestamps, so the service is not slowed by polling.
+Bare subscriber and bridge alternate for ``--rounds`` rounds; their figures are medians.
 Replay: a spool holding ``--spooled`` rows is sent to Kafka by a bridge started on it;
 its peak RSS is measured meanwhile.
 """
@@ -16,6 +17,7 @@ import argparse
 import json
 import queue
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -212,6 +214,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--count", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--naive-count", type=int, default=2_000)
     parser.add_argument("--spooled", type=int, default=1_000_000)
     parser.add_argument("--serve-naive", nargs=3, help=argparse.SUPPRESS)
@@ -227,19 +230,15 @@ def main() -> int:
     with private_stack() as stack:
         state = stack.state  # type: ignore[attr-defined]
         port, bootstrap = state.mqtt_port, state.kafka_bootstrap
-        raw_rate = bare_subscriber(stack, args.count)
-
-        prefix, metrics = "benchbridge", free_port()
-        config = bridge_toml(workdir, port, bootstrap, prefix, metrics)
-        run_bridge_until(
-            config,
-            metrics,
-            workdir,
-            "bridge",
-            args.count,
-            preload=(port, raw_items(prefix, args.count)),
-        )
-        bridge_rate = rate_in_kafka(bootstrap, f"{prefix}.raw", args.count, "bridge")
+        raw_rates, bridge_rates = [], []
+        for round_ in range(args.rounds):  # alternating, so drift hits both alike
+            raw_rates.append(bare_subscriber(stack, args.count))
+            prefix, metrics = f"benchbridge{round_}", free_port()
+            config = bridge_toml(workdir, port, bootstrap, prefix, metrics)
+            run_bridge_until(config, metrics, workdir, prefix, args.count,
+                             preload=(port, raw_items(prefix, args.count)))  # fmt: skip
+            bridge_rates.append(rate_in_kafka(bootstrap, f"{prefix}.raw", args.count, "bridge"))
+        raw_rate, bridge_rate = statistics.median(raw_rates), statistics.median(bridge_rates)
 
         naive_rate = naive_bridge(stack, args.naive_count, workdir)
 
@@ -259,6 +258,10 @@ def main() -> int:
         "verified_in_kafka": args.count,  # rate_in_kafka raised unless every id arrived
         "messages": args.count,
         "spooled": args.spooled,
+        "rounds": {
+            "bridge": [round(r) for r in bridge_rates],
+            "raw_sub": [round(r) for r in raw_rates],
+        },
     }
     print(json.dumps(result, indent=2) if args.json else result)
     return 0
