@@ -133,8 +133,9 @@ class Scorer:
         per_feature = errors.reshape(len(errors), spec.window, spec.width).mean(axis=1)
         k = min(top_k, spec.width)
         top = np.argsort(-per_feature, axis=1)[:, :k]
+        values = np.take_along_axis(per_feature, top, axis=1).tolist()  # Python floats at once
         names = spec.names
         return [
-            {names[j]: round(float(per_feature[i, j]), 6) for j in top[i]}
-            for i in range(len(errors))
+            {names[j]: round(value, 6) for j, value in zip(row, row_values, strict=True)}
+            for row, row_values in zip(top.tolist(), values, strict=True)
         ]
