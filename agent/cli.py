@@ -13,19 +13,14 @@ from plumbing.cli import base_parser, dispatch, require_settings
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import gc
-
     from agent.service import AgentService
-    from plumbing.lifecycle import run_until_stopped
+    from plumbing.lifecycle import run_until_stopped, settle_runtime
     from plumbing.logsetup import configure_logging
 
     settings = require_settings(AgentSettings, args.config)
     configure_logging(settings.log_level)
     service = AgentService(settings)
-    # Start-up objects (modules, models) never die: move them out of the collector's sight
-    # so full collections stay short and do not show up as latency spikes.
-    gc.collect()
-    gc.freeze()
+    settle_runtime()
     return run_until_stopped(service)
 
 

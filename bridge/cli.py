@@ -15,12 +15,14 @@ from plumbing.errors import EdgewatchError
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bridge.service import BridgeService
-    from plumbing.lifecycle import run_until_stopped
+    from plumbing.lifecycle import run_until_stopped, settle_runtime
     from plumbing.logsetup import configure_logging
 
     settings = require_settings(BridgeSettings, args.config)
     configure_logging(settings.log_level)
-    return run_until_stopped(BridgeService(settings))
+    service = BridgeService(settings)
+    settle_runtime()
+    return run_until_stopped(service)
 
 
 def _spool(settings: BridgeSettings):  # type: ignore[no-untyped-def]

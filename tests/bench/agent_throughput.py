@@ -39,6 +39,7 @@ from agent.service import AgentService
 from agent.settings import AgentSettings
 from models.bundle import load_bundle, load_trusted_keys
 from plumbing.events import Topics
+from plumbing.lifecycle import settle_runtime
 from plumbing.mqtt import MqttConnection
 
 BUNDLE = REPO / "models" / "bundles" / "payments-fraud.ewb"
@@ -85,6 +86,7 @@ def serve_echo(config: Path) -> None:
 
 
 def _serve(service: AgentService) -> None:
+    settle_runtime()  # the same process setup as `edgewatch-agent run`
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     service.start()
@@ -105,6 +107,7 @@ def serve_naive(config: Path) -> None:
         subscriptions=[(topics.event_filter("raw", "payments"), 1)],
     )  # fmt: skip
     connection.start()
+    settle_runtime()
     online = b'{"service": "naive", "state": "online"}'
     connection.publish_and_wait(topics.status(settings.node_id, "agent"), online)
     stop = threading.Event()

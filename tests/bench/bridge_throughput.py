@@ -36,6 +36,7 @@ from common import (
 )
 
 from bridge.spool import Record, Spool
+from plumbing.lifecycle import settle_runtime
 from plumbing.mqtt import MqttConnection
 from plumbing.settings import MqttSettings
 
@@ -165,6 +166,7 @@ def serve_naive(port: int, bootstrap: str, prefix: str) -> None:
         on_message=inbox.put,
     )
     connection.start()
+    settle_runtime()  # the same process setup as `edgewatch-bridge run`
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     while not stop.is_set():
