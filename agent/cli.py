@@ -9,19 +9,13 @@ import time
 from pathlib import Path
 
 from agent.settings import AgentSettings
-from plumbing.cli import base_parser, dispatch, require_settings
+from plumbing.cli import base_parser, dispatch, run_service
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.service import AgentService
-    from plumbing.lifecycle import run_until_stopped, settle_runtime
-    from plumbing.logsetup import configure_logging
 
-    settings = require_settings(AgentSettings, args.config)
-    configure_logging(settings.log_level)
-    service = AgentService(settings)
-    settle_runtime()
-    return run_until_stopped(service)
+    return run_service(AgentSettings, args.config, AgentService)
 
 
 def cmd_score(args: argparse.Namespace) -> int:

@@ -9,20 +9,14 @@ import sys
 from pathlib import Path
 
 from bridge.settings import BridgeSettings
-from plumbing.cli import base_parser, dispatch, require_settings
+from plumbing.cli import base_parser, dispatch, require_settings, run_service
 from plumbing.errors import EdgewatchError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bridge.service import BridgeService
-    from plumbing.lifecycle import run_until_stopped, settle_runtime
-    from plumbing.logsetup import configure_logging
 
-    settings = require_settings(BridgeSettings, args.config)
-    configure_logging(settings.log_level)
-    service = BridgeService(settings)
-    settle_runtime()
-    return run_until_stopped(service)
+    return run_service(BridgeSettings, args.config, BridgeService)
 
 
 def _spool(settings: BridgeSettings):  # type: ignore[no-untyped-def]

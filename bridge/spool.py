@@ -228,12 +228,15 @@ class Spool:
 
     def delete_through(self, seq: int) -> int:
         """Forget every row with sequence <= ``seq`` (all delivered)."""
+        return self._delete_where("seq <= ?", seq)
+
+    def _delete_where(self, condition: str, value: float) -> int:
+        """Delete the rows matching ``condition`` in one transaction; keep the totals."""
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
-        row = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool WHERE seq <= ?", (seq,)
-        ).fetchone()
-        db.execute("DELETE FROM spool WHERE seq <= ?", (seq,))
+        where = f"FROM spool WHERE {condition}"  # only the literal conditions of this class
+        row = db.execute(f"SELECT COUNT(*), COALESCE(SUM(size), 0) {where}", (value,)).fetchone()
+        db.execute(f"DELETE {where}", (value,))
         db.execute("COMMIT")
         with self._lock:
             self._rows -= int(row[0])
@@ -252,19 +255,12 @@ class Spool:
         ).fetchall()
         if not kinds:
             return 0
-        db.execute("BEGIN IMMEDIATE")
-        row = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool WHERE created < ?", (cutoff,)
-        ).fetchone()
-        db.execute("DELETE FROM spool WHERE created < ?", (cutoff,))
-        db.execute("COMMIT")
+        deleted = self._delete_where("created < ?", cutoff)
         with self._lock:
-            self._rows -= int(row[0])
-            self._bytes -= int(row[1])
             self._forget_recent()
         for kind, count in kinds:
             self.expired[kind] += int(count)
-        return int(row[0])
+        return deleted
 
     # -- reading ---------------------------------------------------------------------------------
     def read_after(self, seq: int, limit: int) -> list[Record]:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from pydantic import SecretStr, ValidationError
 
 from plumbing.errors import ConfigError, EdgewatchError
+from plumbing.lifecycle import Service, run_until_stopped, settle_runtime
+from plumbing.logsetup import configure_logging
 from plumbing.settings import ServiceSettings
 
 _HIDDEN_WORDS = ("password", "secret", "token")
@@ -79,6 +81,17 @@ def require_settings(settings_cls: type[S], config_file: Path | None) -> S:
             print(f"config error: {line}", file=sys.stderr)
         raise SystemExit(1)
     return settings
+
+
+def run_service(
+    settings_cls: type[S], config_file: Path | None, build: Callable[[S], Service]
+) -> int:
+    """``run``: load the settings, set up logging, build the service, run it until stopped."""
+    settings = require_settings(settings_cls, config_file)
+    configure_logging(settings.log_level)
+    service = build(settings)
+    settle_runtime()
+    return run_until_stopped(service)
 
 
 def base_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, Any]:

@@ -22,9 +22,11 @@ import sys
 import threading
 from pathlib import Path
 
+import paho.mqtt.client as paho
 from common import (
     REPO,
     Counter,
+    messages_until_sigterm,
     peak_rss_mb,
     percentile_ms,
     private_stack,
@@ -101,26 +103,19 @@ def serve_naive(config: Path) -> None:
     pipeline = Pipeline(topics, Limits())
     bundle = load_bundle(BUNDLE, load_trusted_keys(KEY))
     pipeline.models["payments"] = StreamModel(bundle, 1000)
-    inbox: queue.Queue[object] = queue.Queue()
+    inbox: queue.Queue[paho.MQTTMessage] = queue.Queue()
     connection = MqttConnection(
         settings.mqtt, settings.mqtt_client_id, manual_ack=True, on_message=inbox.put,
         subscriptions=[(topics.event_filter("raw", "payments"), 1)],
     )  # fmt: skip
     connection.start()
-    settle_runtime()
     online = b'{"service": "naive", "state": "online"}'
     connection.publish_and_wait(topics.status(settings.node_id, "agent"), online)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    while not stop.is_set():
-        try:
-            msg = inbox.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        (outcome,) = pipeline.process([Inbound(msg.topic, msg.payload)])  # type: ignore[attr-defined]
+    for msg in messages_until_sigterm(inbox):
+        (outcome,) = pipeline.process([Inbound(msg.topic, msg.payload)])
         for topic, payload in outcome.publishes:
             connection.publish_and_wait(topic, payload)
-        connection.client.ack(msg.mid, 1)  # type: ignore[attr-defined]
+        connection.client.ack(msg.mid, 1)
     connection.stop()
 
 

@@ -20,14 +20,15 @@ import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
+import paho.mqtt.client as paho
 from common import (
     Counter,
+    messages_until_sigterm,
     peak_rss_mb,
     private_stack,
     publish,
@@ -36,7 +37,6 @@ from common import (
 )
 
 from bridge.spool import Record, Spool
-from plumbing.lifecycle import settle_runtime
 from plumbing.mqtt import MqttConnection
 from plumbing.settings import MqttSettings
 
@@ -157,7 +157,7 @@ def serve_naive(port: int, bootstrap: str, prefix: str) -> None:
 
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
                          "enable.idempotence": True})  # fmt: skip
-    inbox: queue.Queue[object] = queue.Queue()
+    inbox: queue.Queue[paho.MQTTMessage] = queue.Queue()
     connection = MqttConnection(
         MqttSettings(port=port),
         f"{prefix}-naive",
@@ -166,18 +166,11 @@ def serve_naive(port: int, bootstrap: str, prefix: str) -> None:
         on_message=inbox.put,
     )
     connection.start()
-    settle_runtime()  # the same process setup as `edgewatch-bridge run`
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    while not stop.is_set():
-        try:
-            msg = inbox.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        key = msg.topic.split("/")[1]  # type: ignore[attr-defined]
-        producer.produce(f"{prefix}.raw", value=msg.payload, key=key)  # type: ignore[attr-defined]
+    for msg in messages_until_sigterm(inbox):
+        key = msg.topic.split("/")[1]
+        producer.produce(f"{prefix}.raw", value=msg.payload, key=key)
         producer.flush()
-        connection.client.ack(msg.mid, 1)  # type: ignore[attr-defined]
+        connection.client.ack(msg.mid, 1)
     connection.stop()
 
 

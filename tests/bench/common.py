@@ -6,6 +6,8 @@ import contextlib
 import gc
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +25,7 @@ OBSERVER_SESSION_S = 10
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from plumbing.lifecycle import settle_runtime  # noqa: E402
 from plumbing.mqtt import MqttConnection  # noqa: E402
 from plumbing.settings import MqttSettings  # noqa: E402
 from tests.conftest import load_stack_module  # noqa: E402
@@ -49,6 +52,19 @@ def private_stack() -> Iterator[object]:
         yield stack
     finally:
         stack.destroy()
+
+
+def messages_until_sigterm(inbox: queue.Queue[paho.MQTTMessage]) -> Iterator[paho.MQTTMessage]:
+    """A naive variant's loop: ``inbox`` one message at a time until SIGTERM, in a process
+    set up like the services' (``settle_runtime``)."""
+    settle_runtime()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while not stop.is_set():
+        try:
+            yield inbox.get(timeout=0.2)
+        except queue.Empty:
+            continue
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -7,7 +7,6 @@ import json
 import math
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -217,9 +216,8 @@ def _acl_broker(directory: Path, acl: str) -> tuple[int, subprocess.Popen[bytes]
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return port, proc
+        if stack.port_open(port):
+            return port, proc
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError("private mosquitto did not start")
