@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from plumbing.lifecycle import settle_runtime  # noqa: E402
 from plumbing.mqtt import MqttConnection  # noqa: E402
+from plumbing.paho_io import BufferedClient  # noqa: E402
 from plumbing.settings import MqttSettings  # noqa: E402
 from tests.conftest import load_stack_module  # noqa: E402
 
@@ -77,17 +78,29 @@ def peak_rss_mb(pid: int) -> float:
 class Counter:
     """Counts QoS 1 arrivals on a filter; remembers arrival times and payload timestamps."""
 
-    def __init__(self, port: int, topic_filter: str, keep_ts: bool = False) -> None:
+    def __init__(
+        self,
+        port: int,
+        topic_filter: str,
+        keep_ts: bool = False,
+        *,
+        client_id: str | None = None,
+        client_class: type[paho.Client] = BufferedClient,
+    ) -> None:
+        """``client_id`` names a persistent session (default: a fresh observer's)."""
         self.count = 0
         self.first = self.last = 0.0
         self.latencies: list[float] = []
         self.keep_ts = keep_ts
         self.done = threading.Event()
         self.target = 0
+        settings = (MqttSettings(port=port) if client_id else
+                    MqttSettings(port=port, receive_maximum=65535,
+                                 session_expiry_s=OBSERVER_SESSION_S))  # fmt: skip
         self.connection = MqttConnection(
-            MqttSettings(port=port, receive_maximum=65535, session_expiry_s=OBSERVER_SESSION_S),
-            f"count-{uuid.uuid4().hex[:6]}",
+            settings, client_id or f"count-{uuid.uuid4().hex[:6]}",
             subscriptions=[(topic_filter, 1)], on_message=self._on_message,
+            client_class=client_class,
         )  # fmt: skip
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -83,3 +84,87 @@ def test_kafka_idempotent_acks_all_round_trip(kafka_bootstrap: str, kafka_topic)
         consumer.close()
     assert sorted(seen) == sorted(sent)
     assert [m for m in extra if m.error() is None] == []
+
+
+# Around the one-byte/two-byte length boundaries and larger than one buffered read.
+SIZES = [0, 1, 120, 127, 128, 300, 16_383, 16_384, 70_000, 300_000]
+
+
+def _sized_payload(i: int) -> bytes:
+    size = SIZES[i % len(SIZES)]
+    return (f"{i}:".encode() + bytes(range(256)) * (size // 256 + 1))[:size] if size else b""
+
+
+def test_buffered_client_carries_every_size_intact_and_in_order(
+    mqtt_port: int, mqtt_prefix: str
+) -> None:
+    settings = MqttSettings(port=mqtt_port)
+    topic = f"{mqtt_prefix}/dev1/raw/sizes"
+    count = 3 * len(SIZES)
+    received: list[bytes] = []
+    acked: list[int] = []
+    all_in = threading.Event()
+    subscriber: MqttConnection
+
+    def on_message(msg: paho.MQTTMessage) -> None:
+        received.append(bytes(msg.payload))
+        subscriber.client.ack(msg.mid, 1)  # PUBACKs the client joins into fewer writes
+        if len(received) == count:
+            all_in.set()
+
+    subscriber = MqttConnection(settings, f"sub-{mqtt_prefix}", subscriptions=[(topic, 1)],
+                                on_message=on_message, manual_ack=True)  # fmt: skip
+    publisher = MqttConnection(settings, f"pub-{mqtt_prefix}",
+                               on_publish=lambda mid, _refused: acked.append(mid))  # fmt: skip
+    subscriber.start()
+    publisher.start()
+    try:
+        infos = [publisher.client.publish(topic, _sized_payload(i), qos=1) for i in range(count)]
+        qos0 = publisher.client.publish(f"{topic}/qos0", b"x", qos=0)  # its own write
+        for info in infos:
+            info.wait_for_publish(10)
+        assert all_in.wait(30), f"received {len(received)} of {count}"
+        assert received == [_sized_payload(i) for i in range(count)]
+        assert qos0.is_published()
+        assert set(acked) >= {info.mid for info in infos}
+    finally:
+        publisher.stop()
+        subscriber.stop()
+
+
+def test_a_dropped_connection_mid_backlog_loses_and_corrupts_nothing(
+    mqtt_port: int, mqtt_prefix: str
+) -> None:
+    """The broker redelivers what was not acked; nothing arrives twice garbled or not at all."""
+    settings = MqttSettings(port=mqtt_port, reconnect_min_s=1, reconnect_max_s=1)
+    topic = f"{mqtt_prefix}/dev1/raw/drop"
+    sent = {f"{i}".encode() * 50 for i in range(5000)}
+    received: list[bytes] = []
+    subscriber: MqttConnection
+
+    def on_message(msg: paho.MQTTMessage) -> None:
+        received.append(bytes(msg.payload))
+        if len(received) == 1000:  # mid-backlog, with more bytes waiting in the buffer
+            sock = subscriber.client.socket()
+            assert isinstance(sock, socket.socket)
+            sock.shutdown(socket.SHUT_RDWR)
+        subscriber.client.ack(msg.mid, 1)
+
+    subscriber = MqttConnection(settings, f"sub-{mqtt_prefix}", subscriptions=[(topic, 1)],
+                                on_message=on_message, manual_ack=True)  # fmt: skip
+    subscriber.start()
+    subscriber.stop()  # the session stays: the backlog waits in the broker
+    publisher = MqttConnection(settings, f"pub-{mqtt_prefix}")
+    publisher.start()
+    publisher.publish_all((topic, payload) for payload in sorted(sent))
+    publisher.stop()
+    subscriber.start()
+    connected_as = subscriber.generation
+    try:
+        deadline = time.monotonic() + 60
+        while not sent <= set(received) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert set(received) == sent  # all arrived, and nothing garbled arrived
+        assert subscriber.generation > connected_as  # it did reconnect
+    finally:
+        subscriber.stop()
