@@ -13,13 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from agent.jsonguard import PayloadRejectedError, parse_object
 from models.bundle import Bundle
 from models.features import WindowState
 from models.scoring import Scorer
-from plumbing.events import Topics, deadletter_document, dumps, event_id_of
+from plumbing.events import TopicParts, Topics, deadletter_document, dumps, event_id_of
 
 NO_MODEL = "no_model"
+TOPIC_CACHE_MAX = 4096  # parsed topics remembered (then forgotten all at once)
 BAD_TOPIC = "bad_topic"
 SERVICE = "agent"
 
@@ -78,6 +81,7 @@ class Pipeline:
         self.limits = limits
         self.models: dict[str, StreamModel] = {}
         self.last_inference_s = 0.0
+        self._parsed_topics: dict[str, TopicParts | None] = {}
 
     def process(self, batch: Sequence[Inbound]) -> list[Outcome]:
         """Outcomes in the order of ``batch``; every inbound gets at least one publish."""
@@ -85,7 +89,7 @@ class Pipeline:
         valid: dict[str, list[tuple[int, str, str, dict[str, Any]]]] = defaultdict(list)
         self.last_inference_s = 0.0
         for i, inbound in enumerate(batch):
-            parts = self.topics.parse(inbound.topic)
+            parts = self._topic_parts(inbound.topic)
             if parts is None or parts.kind != "raw":
                 outcomes[i] = self._reject(inbound, "?", "?", BAD_TOPIC, "not a raw event topic")
                 continue
@@ -111,6 +115,15 @@ class Pipeline:
             for i, outcome in self._score_stream(batch, stream, items):
                 outcomes[i] = outcome
         return [o for o in outcomes if o is not None]
+
+    def _topic_parts(self, topic: str) -> TopicParts | None:
+        """Parsed topics are remembered: a box has few devices, each sending many events."""
+        cache = self._parsed_topics
+        if topic not in cache:
+            if len(cache) >= TOPIC_CACHE_MAX:
+                cache.clear()
+            cache[topic] = self.topics.parse(topic)
+        return cache[topic]
 
     def _score_stream(
         self,
@@ -140,11 +153,13 @@ class Pipeline:
         contributions = model.scorer.contributions(scored.errors, self.limits.contributions_top_k)
         threshold = model.manifest.score.threshold
         now = time.time()
+        # Python floats and bools for the whole batch at once, not value by value.
+        exact = scored.scores.astype(np.float64)
+        scores, anomalies = np.round(exact, 6).tolist(), (exact >= threshold).tolist()
         for n, j in enumerate(keep):
             i, device, _, document = items[j]
             inbound = batch[i]
-            score = float(scored.scores[n])
-            anomaly = score >= threshold
+            anomaly = anomalies[n]
             event_id = event_id_of(inbound.topic, inbound.payload, document)
             event = {
                 "event_id": event_id,
@@ -153,7 +168,7 @@ class Pipeline:
                 "ts": document.get("ts"),
                 "scored_at": now,
                 "model": model.info,
-                "score": round(score, 6),
+                "score": scores[n],
                 "threshold": threshold,
                 "anomaly": anomaly,
                 "contributions": contributions[n],

@@ -133,9 +133,10 @@ class Scorer:
         per_feature = errors.reshape(len(errors), spec.window, spec.width).mean(axis=1)
         k = min(top_k, spec.width)
         top = np.argsort(-per_feature, axis=1)[:, :k]
-        values = np.take_along_axis(per_feature, top, axis=1).tolist()  # Python floats at once
+        # Rounded and made Python floats for the whole batch at once, not value by value.
+        values = np.round(np.take_along_axis(per_feature, top, axis=1), 6).tolist()
         names = spec.names
         return [
-            {names[j]: round(value, 6) for j, value in zip(row, row_values, strict=True)}
+            dict(zip([names[j] for j in row], row_values, strict=True))
             for row, row_values in zip(top.tolist(), values, strict=True)
         ]

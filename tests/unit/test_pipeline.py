@@ -11,7 +11,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.jsonguard import INVALID_JSON, NOT_AN_OBJECT, TOO_DEEP, TOO_LARGE, nesting_depth
-from agent.pipeline import BAD_TOPIC, NO_MODEL, Inbound, Limits, Pipeline, StreamModel
+from agent.pipeline import (
+    BAD_TOPIC,
+    NO_MODEL,
+    TOPIC_CACHE_MAX,
+    Inbound,
+    Limits,
+    Pipeline,
+    StreamModel,
+)
 from models.bundle import load_bundle, load_trusted_keys
 from models.features import MISSING_FIELD, NON_FINITE, WRONG_TYPE
 from plumbing.events import Topics
@@ -150,3 +158,11 @@ def test_arbitrary_json_fields_score_or_dead_letter(pipeline: Pipeline, changes:
         assert math.isfinite(outcome.document["score"])
     else:
         assert outcome.reason in {WRONG_TYPE, MISSING_FIELD, NON_FINITE}
+
+
+def test_remembered_topics_stay_bounded(pipeline: Pipeline) -> None:
+    body = json.dumps(valid_payload()).encode()
+    devices = TOPIC_CACHE_MAX + 100
+    outcomes = pipeline.process([Inbound(f"edge/d{i}/raw/payments", body) for i in range(devices)])
+    assert [o.document["device"] for o in outcomes] == [f"d{i}" for i in range(devices)]
+    assert len(pipeline._parsed_topics) <= TOPIC_CACHE_MAX
