@@ -125,13 +125,15 @@ class BufferedClient(paho.Client):
             return
         taken: list[Any] = []
         size = 0
-        while queue and size < WRITE_COALESCE_MAX:
+        while queue:
             packet = queue[0]
             command = packet["command"] & 0xF0
             if command == DISCONNECT or (command == PUBLISH and packet["qos"] == 0):
                 break
-            taken.append(queue.popleft())
             size += len(packet["packet"])
+            if taken and size > WRITE_COALESCE_MAX:
+                break  # a large packet is not copied to be joined
+            taken.append(queue.popleft())
         if len(taken) == 1:
             queue.appendleft(taken[0])
         elif taken:

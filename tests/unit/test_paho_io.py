@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.client import DISCONNECT, PUBACK, PUBLISH
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from plumbing.paho_io import READ_SIZE, BufferedClient
+from plumbing.paho_io import READ_SIZE, WRITE_COALESCE_MAX, BufferedClient
 
 
 @pytest.fixture
@@ -155,3 +155,11 @@ def test_one_wake_up_per_write_round(client: BufferedClient, wire: socket.socket
         client._thread = None
         client._sockpairW.close()
         wake_reader.close()
+
+
+def test_a_large_packet_is_not_copied_into_a_join(client: BufferedClient) -> None:
+    large = bytes(WRITE_COALESCE_MAX)
+    client._out_packet.extend([_queued(PUBACK, b"a1"), _queued(PUBLISH | 2, large),
+                               _queued(PUBACK, b"a2"), _queued(PUBACK, b"a3")])  # fmt: skip
+    client._coalesce_queued_packets()
+    assert [p["packet"] for p in client._out_packet] == [b"a1", large, b"a2", b"a3"]
