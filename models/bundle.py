@@ -53,12 +53,20 @@ class UntrustedKeyError(BundleError):
     """The bundle is signed by a key that is not in the trusted set."""
 
 
+ScoreKind = Literal["mse", "mae", "max_feature_mse"]
+
+
 class ScoreSpec(BaseModel):
     """How a reconstruction becomes a score, and where the alert threshold lies."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["mse", "mae"] = Field("mse", description="Mean squared or absolute error.")
+    kind: ScoreKind = Field(
+        "mse",
+        description="mse / mae: mean squared or absolute error over all inputs; "
+        "max_feature_mse: the largest of the features' squared errors, each averaged over "
+        "the window (one channel gone wrong is not diluted by the others).",
+    )
     threshold: float = Field(..., ge=0, description="score >= threshold means anomaly.")
     calibration_quantile: float = Field(
         ..., gt=0, le=1, description="Quantile of held-out normal scores the threshold is."

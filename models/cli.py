@@ -165,8 +165,9 @@ def cmd_skab(args: argparse.Namespace) -> int:
     from models.skab import PUBLISHED_F1, SkabOptions, run_benchmark, with_options
 
     options = SkabOptions()
-    if args.window is not None:
-        options = with_options(options, window=args.window)
+    changes = {"window": args.window, "score_kind": args.score_kind,
+               "scale_floor": args.scale_floor, "threshold_margin": args.margin}  # fmt: skip
+    options = with_options(options, **{k: v for k, v in changes.items() if v is not None})
     with _stdout_to_stderr():
         result = run_benchmark(args.data, options)
     if args.json:
@@ -250,6 +251,9 @@ def _parser() -> argparse.ArgumentParser:
     skab = sub.add_parser("skab-benchmark", help="the SKAB protocol with int8 models")
     skab.add_argument("--data", type=Path, required=True, help="SKAB folder (valve1/, other/)")
     skab.add_argument("--window", type=int)
+    skab.add_argument("--score-kind", choices=["mse", "mae", "max_feature_mse"])
+    skab.add_argument("--scale-floor", type=float, help="scale >= this x |center| per channel")
+    skab.add_argument("--margin", type=float, help="threshold = margin x calibration quantile")
     skab.add_argument("--json", action="store_true")
     skab.set_defaults(run=cmd_skab)
 

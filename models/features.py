@@ -103,8 +103,14 @@ class FeatureSpec(BaseModel):
         window: int = 1,
         on_missing: Literal["reject", "impute"] = "reject",
         on_invalid: Literal["reject", "impute"] = "reject",
+        scale_floor: float = 0.0,
     ) -> FeatureSpec:
-        """Fit scaling parameters on training rows (raw values, one column per name)."""
+        """Fit scaling parameters on training rows (raw values, one column per name).
+
+        ``scale_floor`` keeps each scale at least that fraction of the column's center: a
+        channel that hardly moved in the training rows would otherwise turn later sensor
+        noise or slow drift into errors of many standard deviations.
+        """
         raw = np.asarray(data, dtype=np.float64)
         if raw.ndim != 2 or raw.shape[1] != len(names):
             raise ValueError(f"data must be rows x {len(names)} columns, got {raw.shape}")
@@ -118,6 +124,7 @@ class FeatureSpec(BaseModel):
         else:
             centers = transformed.min(axis=0)
             scales = transformed.max(axis=0) - centers
+        scales = np.maximum(scales, scale_floor * np.abs(centers))
         medians = np.median(raw, axis=0)
         fields = tuple(
             FieldSpec(

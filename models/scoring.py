@@ -76,7 +76,8 @@ class Scorer:
         self._in_scale, self._in_zero = self._input["quantization"]
         self._out_scale, self._out_zero = self._output["quantization"]
         self._in_dtype = self._input["dtype"]
-        self._squared = self.manifest.score.kind == "mse"
+        self._squared = self.manifest.score.kind in ("mse", "max_feature_mse")
+        self._per_feature_max = self.manifest.score.kind == "max_feature_mse"
 
     def _interpreter(self, bucket: int) -> Any:
         interpreter = self._by_bucket.get(bucket)
@@ -123,14 +124,26 @@ class Scorer:
             return Scores(np.empty(0, np.float32), np.empty((0, self.width), np.float32))
         diff = inputs - self.reconstruct(inputs)
         errors = np.square(diff) if self._squared else np.abs(diff)
-        return Scores(errors.mean(axis=1, dtype=np.float32), errors)
+        if self._per_feature_max:
+            scores = self._per_feature(errors).max(axis=1)
+        else:
+            scores = errors.mean(axis=1, dtype=np.float32)
+        return Scores(scores, errors)
+
+    def _per_feature(self, errors: FloatArray) -> FloatArray:
+        """Each feature's error averaged over the window positions (rows × features)."""
+        spec = self.manifest.features
+        per_feature: FloatArray = errors.reshape(len(errors), spec.window, spec.width).mean(
+            axis=1, dtype=np.float32
+        )
+        return per_feature
 
     def contributions(self, errors: FloatArray, top_k: int) -> list[dict[str, float]]:
         """Top features by error per row; windowed errors are averaged over the window."""
         if top_k == 0 or len(errors) == 0:
             return [{} for _ in range(len(errors))]
         spec = self.manifest.features
-        per_feature = errors.reshape(len(errors), spec.window, spec.width).mean(axis=1)
+        per_feature = self._per_feature(errors)
         k = min(top_k, spec.width)
         top = np.argsort(-per_feature, axis=1)[:, :k]
         # Rounded and made Python floats for the whole batch at once, not value by value.

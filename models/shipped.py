@@ -83,7 +83,8 @@ def build_sensors(datasets: Path) -> tuple[TrainedModel, dict[str, object]]:
     normal_parts = [free.matrix(SKAB_FEATURES)] + [
         t.matrix(SKAB_FEATURES)[:TRAIN_ROWS] for t in tables
     ]
-    spec = FeatureSpec.fit(SKAB_FEATURES, np.concatenate(normal_parts), window=window, clip=10.0)
+    spec = FeatureSpec.fit(SKAB_FEATURES, np.concatenate(normal_parts), window=window,
+                           clip=10.0, scale_floor=options.scale_floor)  # fmt: skip
     train, calibration = [], []
     for part in normal_parts:
         windows = sliding_windows(spec.transform(part)[0], window)

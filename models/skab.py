@@ -37,11 +37,14 @@ PUBLISHED_F1 = {
 class SkabOptions:
     window: int = 20
     calibration_rows: int = 100
+    # Scales at least 1 % of each channel's level (see FeatureSpec.fit): the 400 training
+    # rows of a file often hold a channel almost still.
+    scale_floor: float = 0.01
     config: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             hidden=(32, 8, 32), activations=("tanh", "relu", "tanh"), epochs=150,
             batch_size=16, patience=15, calibration_quantile=0.99, progress=False,
-            l1_activity=0.0, threshold_margin=1.5,
+            l1_activity=0.0, threshold_margin=1.5, score_kind="max_feature_mse",
         )
     )  # fmt: skip
 
@@ -56,7 +59,8 @@ def train_skab_model(
     info: dict[str, Any] | None = None,
 ) -> TrainedModel:
     """A windowed model over the 8 channels from normal rows (scaler fitted on all of them)."""
-    spec = FeatureSpec.fit(SKAB_FEATURES, train_raw, window=options.window, clip=10.0)
+    spec = FeatureSpec.fit(SKAB_FEATURES, train_raw, window=options.window, clip=10.0,
+                           scale_floor=options.scale_floor)  # fmt: skip
     x, _ = spec.transform(train_raw)
     windows = sliding_windows(x, options.window)
     split = len(windows) - options.calibration_rows
@@ -117,6 +121,8 @@ def run_benchmark(root: Path, options: SkabOptions | None = None) -> dict[str, A
         "architecture": list(options.config.hidden),
         "calibration_quantile": options.config.calibration_quantile,
         "threshold_margin": options.config.threshold_margin,
+        "score_kind": options.config.score_kind,
+        "scale_floor": options.scale_floor,
         "per_file": per_file,
         "published_f1": PUBLISHED_F1,
     }

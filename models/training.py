@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.bundle import Bundle, Manifest, ScoreSpec, TensorSpec
+from models.bundle import Bundle, Manifest, ScoreKind, ScoreSpec, TensorSpec
 from models.features import FeatureSpec
 from models.scoring import Scorer
 
@@ -41,6 +41,7 @@ class TrainConfig:
     calibration_quantile: float = 0.99
     # threshold = margin × quantile: >1 leaves room for drift the calibration rows lack.
     threshold_margin: float = 1.0
+    score_kind: ScoreKind = "mse"
     representative_rows: int = 1000
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -205,7 +206,7 @@ def fit_model(
         created_at=created_at or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         features=spec,
         score=ScoreSpec(
-            kind="mse", threshold=0.0, calibration_quantile=config.calibration_quantile
+            kind=config.score_kind, threshold=0.0, calibration_quantile=config.calibration_quantile
         ),
         quantization="int8",
         input=input_spec,
@@ -227,7 +228,7 @@ def fit_model(
     manifest = manifest.model_copy(
         update={
             "score": ScoreSpec(
-                kind="mse",
+                kind=config.score_kind,
                 threshold=threshold,
                 calibration_quantile=config.calibration_quantile,
                 threshold_margin=config.threshold_margin,

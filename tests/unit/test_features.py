@@ -81,6 +81,20 @@ def test_minmax_scaling() -> None:
     np.testing.assert_allclose(x[:, 0], [0.0, 1.0])
 
 
+def test_scale_floor_keeps_a_still_channel_from_magnifying_drift() -> None:
+    rng = np.random.default_rng(1)
+    still = 70.0 + rng.normal(0, 0.001, 400)  # a temperature that hardly moved
+    lively = rng.normal(5.0, 2.0, 400)
+    raw = np.column_stack([still, lively])
+    plain = FeatureSpec.fit(["temp", "flow"], raw)
+    floored = FeatureSpec.fit(["temp", "flow"], raw, scale_floor=0.01)
+    assert floored.fields[0].scale == pytest.approx(0.7, rel=1e-4)  # 1 % of the level
+    assert floored.fields[1].scale == plain.fields[1].scale  # std 2 is above 1 % of 5
+    drifted = [[70.35, 5.0]]  # half a degree later in the day
+    assert abs(plain.transform(drifted)[0][0, 0]) > 100
+    assert abs(floored.transform(drifted)[0][0, 0]) == pytest.approx(0.5, abs=0.05)
+
+
 def test_windows_stream_equals_batch_and_is_edge_padded() -> None:
     rows = np.arange(12, dtype=np.float32).reshape(6, 2)
     batch = sliding_windows(rows, 3)
