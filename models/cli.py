@@ -10,11 +10,12 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from models.bundle import (
     BUNDLE_SUFFIX,
     BundleError,
+    ScoreKind,
     generate_keypair,
     load_bundle,
     load_private_key,
@@ -26,6 +27,7 @@ from plumbing.errors import EdgewatchError
 
 REPO_BUNDLES = Path(__file__).resolve().parent / "bundles"
 DEV_PUBLIC_KEY = REPO_BUNDLES / "dev-signing-key.DEVELOPMENT-ONLY.pub.pem"
+SCORE_KINDS = list(get_args(ScoreKind))
 
 
 @contextlib.contextmanager
@@ -94,6 +96,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         config.activations = tuple(args.activations.split(","))
     if args.quantile is not None:
         config.calibration_quantile = args.quantile
+    config.score_kind = args.score_kind
     return config
 
 
@@ -215,6 +218,8 @@ def _add_train_parser(sub: Any) -> None:
     train.add_argument("--hidden", help="hidden layer sizes, e.g. 14,7,7")
     train.add_argument("--activations", default="tanh,relu,tanh")
     train.add_argument("--quantile", type=float, help="calibration quantile for the threshold")
+    train.add_argument("--score-kind", choices=SCORE_KINDS, default="mse",
+                       help="max_feature_mse: the worst feature's error, not the mean")  # fmt: skip
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--eval-out", type=Path, help="write the held-out evaluation rows here")
     train.add_argument("--float-out", type=Path, help="write the float32 TFLite model here")
@@ -251,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
     skab = sub.add_parser("skab-benchmark", help="the SKAB protocol with int8 models")
     skab.add_argument("--data", type=Path, required=True, help="SKAB folder (valve1/, other/)")
     skab.add_argument("--window", type=int)
-    skab.add_argument("--score-kind", choices=["mse", "mae", "max_feature_mse"])
+    skab.add_argument("--score-kind", choices=SCORE_KINDS)
     skab.add_argument("--scale-floor", type=float, help="scale >= this x |center| per channel")
     skab.add_argument("--margin", type=float, help="threshold = margin x calibration quantile")
     skab.add_argument("--json", action="store_true")
