@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -17,10 +18,29 @@ import paho.mqtt.client as paho
 
 from plumbing.mqtt import MqttConnection
 from plumbing.settings import MqttSettings
+from tests.conftest import load_stack_module
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "models" / "bundles"
 DEV_KEY = BUNDLES / "dev-signing-key.DEVELOPMENT-ONLY.pub.pem"
+
+
+def private_mosquitto(directory: Path, settings: str) -> tuple[int, subprocess.Popen[bytes]]:
+    """A Mosquitto of one test's own: ``settings`` are config lines for its listener."""
+    stack = load_stack_module()
+    port = stack.free_port()
+    (directory / "mosquitto.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n{settings}"
+    )
+    proc = subprocess.Popen([stack.ensure_mosquitto(), "-c", str(directory / "mosquitto.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if stack.port_open(port):
+            return port, proc
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("private mosquitto did not start")
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import math
 import random
@@ -22,6 +21,7 @@ from tests.integration.harness import (
     DEV_KEY,
     Collector,
     agent_config,
+    private_mosquitto,
     publish_all,
     scrape,
     start_agent,
@@ -205,22 +205,8 @@ def test_sigterm_drains_and_restart_loses_nothing(
 
 def _acl_broker(directory: Path, acl: str) -> tuple[int, subprocess.Popen[bytes]]:
     """A Mosquitto of this test's own whose ACL file can be rewritten and reloaded (SIGHUP)."""
-    stack = load_stack_module()
-    port = stack.free_port()
     (directory / "acl").write_text(acl)
-    (directory / "mosquitto.conf").write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {directory / 'acl'}\n"
-        f"user {getpass.getuser()}\n"
-    )
-    proc = subprocess.Popen([stack.ensure_mosquitto(), "-c", str(directory / "mosquitto.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if stack.port_open(port):
-            return port, proc
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("private mosquitto did not start")
+    return private_mosquitto(directory, f"acl_file {directory / 'acl'}\n")
 
 
 def test_refused_publishes_are_retried_and_nothing_is_lost(

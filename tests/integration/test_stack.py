@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import socket
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from plumbing.kafka import consumer_config, producer_config
 from plumbing.mqtt import MqttConnection
 from plumbing.settings import KafkaSettings, MqttSettings
+from tests.integration.harness import private_mosquitto
 
 pytestmark = pytest.mark.broker
 
@@ -170,3 +178,76 @@ def test_a_dropped_connection_mid_backlog_loses_and_corrupts_nothing(
         assert subscriber.generation > dropped_on[0]  # it did reconnect
     finally:
         subscriber.stop()
+
+
+def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1: (ca, cert, key) PEM files."""
+    now = dt.datetime.now(dt.UTC)
+
+    def certificate(subject: str, key: ec.EllipticCurvePrivateKey,
+                    issuer: tuple[str, ec.EllipticCurvePrivateKey] | None) -> bytes:  # fmt: skip
+        issuer_name, signer = issuer or (subject, key)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+        )
+        if issuer is None:
+            builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        else:
+            san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), False)
+        return builder.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(certificate("edgewatch test CA", ca_key, None))
+    paths[1].write_bytes(certificate("127.0.0.1", server_key, ("edgewatch test CA", ca_key)))
+    paths[2].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+def test_tls_connection_carries_a_backlog_and_every_size(tmp_path: Path, mqtt_prefix: str) -> None:
+    """Over TLS the buffered client reads TLS records, not the raw socket."""
+    ca, cert, key = _tls_files(tmp_path)
+    tls = f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+    port, broker = private_mosquitto(tmp_path, tls + "max_queued_messages 10000\n")
+    settings = MqttSettings(port=port, tls_ca_file=ca)
+    topic = f"{mqtt_prefix}/dev1/raw/tls"
+    sent = [_sized_payload(i) for i in range(2 * len(SIZES))] + [b"%d" % i for i in range(3000)]
+    received: list[bytes] = []
+    subscriber: MqttConnection
+
+    def on_message(msg: paho.MQTTMessage) -> None:
+        received.append(bytes(msg.payload))
+        subscriber.client.ack(msg.mid, 1)
+
+    subscriber = MqttConnection(settings, f"sub-{mqtt_prefix}", subscriptions=[(topic, 1)],
+                                on_message=on_message, manual_ack=True)  # fmt: skip
+    try:
+        subscriber.start()
+        subscriber.stop()  # the backlog waits in the session
+        publisher = MqttConnection(settings, f"pub-{mqtt_prefix}")
+        publisher.start()
+        publisher.publish_all((topic, payload) for payload in sent)
+        publisher.stop()
+        subscriber.start()
+        deadline = time.monotonic() + 60
+        while len(received) < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert received == sent
+    finally:
+        subscriber.stop()
+        broker.kill()
+        broker.wait()
