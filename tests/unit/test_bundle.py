@@ -119,3 +119,29 @@ def test_bundle_features_and_scoring_never_import_tensorflow() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "bundles"
+NO_TENSORFLOW = "import sys; sys.modules['tensorflow'] = sys.modules['keras'] = None; "
+
+
+@pytest.mark.parametrize("name", ["payments-fraud", "sensors-skab"])
+def test_shipped_bundles_score_with_tensorflow_unimportable(name: str, tmp_path: Path) -> None:
+    """The agent's offline scorer on each shipped bundle, in a process where importing
+    TensorFlow or Keras fails: scoring needs only the TFLite runtime."""
+    from models.bundle import load_bundle, load_trusted_keys
+
+    keys = SHIPPED / "dev-signing-key.DEVELOPMENT-ONLY.pub.pem"
+    fields = load_bundle(SHIPPED / f"{name}.ewb", load_trusted_keys(keys)).manifest.reads_fields
+    rows = [",".join(str(0.5 + (i * j) % 7 / 10) for j in range(len(fields))) for i in range(30)]
+    data = tmp_path / "rows.csv"
+    data.write_text(",".join(fields) + "\n" + "\n".join(rows) + "\n")
+    args = ["score", str(SHIPPED / f"{name}.ewb"), str(data), "--trusted-keys", str(keys)]
+    code = NO_TENSORFLOW + f"from agent.cli import main; sys.exit(main({args!r}))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(events) == 30
+    assert all(isinstance(e["score"], float) and e["model"]["name"] == name for e in events)
