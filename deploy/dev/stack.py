@@ -317,10 +317,15 @@ class Stack:
 
 
 def _kafka_cluster_id(seed: str) -> str:
-    """A KRaft cluster id: 16 bytes, URL-safe base64 without padding (22 characters)."""
+    """A KRaft cluster id: 16 bytes, URL-safe base64 without padding (22 characters).
+
+    The first byte's top bit is cleared so the id never starts with "-": StorageTool would
+    read such an id as an option and refuse to format (Kafka's own ids avoid it too).
+    """
     import base64
 
-    raw = uuid.UUID(hex=seed.ljust(32, "0")[:32]).bytes
+    raw = bytearray(uuid.UUID(hex=seed.ljust(32, "0")[:32]).bytes)
+    raw[0] &= 0x7F
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
