@@ -95,9 +95,7 @@ class BufferedClient(paho.Client):
     ) -> MQTTErrorCode:
         if self._thread is None or self._sockpairW is None:
             return super()._packet_queue(command, packet, mid, qos, info)  # paho writes now
-        queued = {"command": command, "mid": mid, "qos": qos, "pos": 0,
-                  "to_process": len(packet), "packet": packet, "info": info}  # fmt: skip
-        self._out_packet.append(queued)  # type: ignore[arg-type]  # paho's TypedDict
+        self._out_packet.append(_queued(command, packet, mid, qos, info))
         # paho wakes its network thread with one system call per packet; one wake until
         # the thread writes is enough, as it then writes everything queued (appended
         # above, before the flag is looked at).
@@ -137,6 +135,13 @@ class BufferedClient(paho.Client):
         if len(taken) == 1:
             queue.appendleft(taken[0])
         elif taken:
-            data = b"".join(packet["packet"] for packet in taken)
-            queue.appendleft({"command": PUBACK, "mid": 0, "qos": 1, "pos": 0,
-                              "to_process": len(data), "packet": data, "info": None})  # fmt: skip
+            # Labelled a PUBACK: a packet paho only writes, with nothing to do after it.
+            queue.appendleft(_queued(PUBACK, b"".join(p["packet"] for p in taken), 0, 1, None))
+
+
+def _queued(
+    command: int, packet: bytes | bytearray, mid: int, qos: int, info: paho.MQTTMessageInfo | None
+) -> Any:
+    """An entry of paho's outgoing queue, as paho's own ``_packet_queue`` makes it."""
+    return {"command": command, "mid": mid, "qos": qos, "pos": 0,
+            "to_process": len(packet), "packet": packet, "info": info}  # fmt: skip
