@@ -19,8 +19,8 @@ from models import recipes
 from models.bundle import generate_keypair, key_id, load_private_key, load_public_key, sign_bundle
 from models.datasets import SKAB_FEATURES, read_table, skab_files, write_rows
 from models.evaluation import evaluate, metrics_summary
-from models.features import FeatureSpec, sliding_windows
-from models.skab import TRAIN_ROWS, SkabOptions
+from models.features import sliding_windows
+from models.skab import TRAIN_ROWS, SkabOptions, fit_skab_spec
 from models.training import TrainConfig, TrainedModel, fit_model, unsigned_bundle
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,7 @@ def build_sensors(datasets: Path) -> tuple[TrainedModel, dict[str, object]]:
     normal_parts = [free.matrix(SKAB_FEATURES)] + [
         t.matrix(SKAB_FEATURES)[:TRAIN_ROWS] for t in tables
     ]
-    spec = FeatureSpec.fit(SKAB_FEATURES, np.concatenate(normal_parts), window=window,
-                           clip=10.0, scale_floor=options.scale_floor)  # fmt: skip
+    spec = fit_skab_spec(np.concatenate(normal_parts), options)
     train, calibration = [], []
     for part in normal_parts:
         windows = sliding_windows(spec.transform(part)[0], window)

@@ -49,6 +49,12 @@ class SkabOptions:
     )  # fmt: skip
 
 
+def fit_skab_spec(normal_raw: np.ndarray[Any, Any], options: SkabOptions) -> FeatureSpec:
+    """The feature spec of a SKAB model: the 8 channels, windowed, scaled on normal rows."""
+    return FeatureSpec.fit(SKAB_FEATURES, normal_raw, window=options.window, clip=10.0,
+                           scale_floor=options.scale_floor)  # fmt: skip
+
+
 def train_skab_model(
     train_raw: np.ndarray[Any, Any],
     options: SkabOptions,
@@ -59,8 +65,7 @@ def train_skab_model(
     info: dict[str, Any] | None = None,
 ) -> TrainedModel:
     """A windowed model over the 8 channels from normal rows (scaler fitted on all of them)."""
-    spec = FeatureSpec.fit(SKAB_FEATURES, train_raw, window=options.window, clip=10.0,
-                           scale_floor=options.scale_floor)  # fmt: skip
+    spec = fit_skab_spec(train_raw, options)
     x, _ = spec.transform(train_raw)
     windows = sliding_windows(x, options.window)
     split = len(windows) - options.calibration_rows
