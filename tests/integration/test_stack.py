@@ -7,6 +7,7 @@ import ipaddress
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -20,7 +21,7 @@ from cryptography.x509.oid import NameOID
 from plumbing.kafka import consumer_config, producer_config
 from plumbing.mqtt import MqttConnection
 from plumbing.settings import KafkaSettings, MqttSettings
-from tests.integration.harness import private_mosquitto
+from tests.integration.harness import private_mosquitto, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -141,6 +142,26 @@ def test_buffered_client_carries_every_size_intact_and_in_order(
         subscriber.stop()
 
 
+def _subscriber_with_backlog(
+    settings: MqttSettings,
+    name: str,
+    topic: str,
+    payloads: list[bytes],
+    on_message: Callable[[paho.MQTTMessage], None],
+) -> MqttConnection:
+    """A manual-ack subscriber whose persistent session holds ``payloads`` in the broker;
+    not started (start it to receive the backlog)."""
+    subscriber = MqttConnection(settings, f"sub-{name}", subscriptions=[(topic, 1)],
+                                on_message=on_message, manual_ack=True)  # fmt: skip
+    subscriber.start()
+    subscriber.stop()  # the session stays: the backlog waits in the broker
+    publisher = MqttConnection(settings, f"pub-{name}")
+    publisher.start()
+    publisher.publish_all((topic, payload) for payload in payloads)
+    publisher.stop()
+    return subscriber
+
+
 def test_a_dropped_connection_mid_backlog_loses_and_corrupts_nothing(
     mqtt_port: int, mqtt_prefix: str
 ) -> None:
@@ -161,19 +182,10 @@ def test_a_dropped_connection_mid_backlog_loses_and_corrupts_nothing(
             sock.shutdown(socket.SHUT_RDWR)
         subscriber.client.ack(msg.mid, 1)
 
-    subscriber = MqttConnection(settings, f"sub-{mqtt_prefix}", subscriptions=[(topic, 1)],
-                                on_message=on_message, manual_ack=True)  # fmt: skip
-    subscriber.start()
-    subscriber.stop()  # the session stays: the backlog waits in the broker
-    publisher = MqttConnection(settings, f"pub-{mqtt_prefix}")
-    publisher.start()
-    publisher.publish_all((topic, payload) for payload in sorted(sent))
-    publisher.stop()
+    subscriber = _subscriber_with_backlog(settings, mqtt_prefix, topic, sorted(sent), on_message)
     subscriber.start()
     try:
-        deadline = time.monotonic() + 60
-        while not sent <= set(received) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: sent <= set(received), 60, "every message after the reconnect")
         assert set(received) == sent  # all arrived, and nothing garbled arrived
         assert subscriber.generation > dropped_on[0]  # it did reconnect
     finally:
@@ -233,21 +245,14 @@ def test_tls_connection_carries_a_backlog_and_every_size(tmp_path: Path, mqtt_pr
         received.append(bytes(msg.payload))
         subscriber.client.ack(msg.mid, 1)
 
-    subscriber = MqttConnection(settings, f"sub-{mqtt_prefix}", subscriptions=[(topic, 1)],
-                                on_message=on_message, manual_ack=True)  # fmt: skip
     try:
+        subscriber = _subscriber_with_backlog(settings, mqtt_prefix, topic, sent, on_message)
         subscriber.start()
-        subscriber.stop()  # the backlog waits in the session
-        publisher = MqttConnection(settings, f"pub-{mqtt_prefix}")
-        publisher.start()
-        publisher.publish_all((topic, payload) for payload in sent)
-        publisher.stop()
-        subscriber.start()
-        deadline = time.monotonic() + 60
-        while len(received) < len(sent) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert received == sent
+        try:
+            wait_for(lambda: len(received) >= len(sent), 60, "the whole backlog over TLS")
+            assert received == sent
+        finally:
+            subscriber.stop()
     finally:
-        subscriber.stop()
         broker.kill()
         broker.wait()
