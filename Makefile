@@ -8,9 +8,9 @@ STAMP  := $(VENV)/.installed
 JARS   := .cache/kafka-libs/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps lint typecheck pytest test test-unit demo bench stack-up stack-down stack-status bundles clean
+.PHONY: setup system-deps central-deps lint typecheck pytest test test-unit demo bench stack-up stack-down stack-status bundles clean
 
-setup: system-deps $(STAMP) $(JARS)
+setup: system-deps $(STAMP) $(JARS) central-deps
 
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
@@ -27,6 +27,11 @@ $(STAMP): pyproject.toml
 $(JARS): deploy/dev/kafka/pom.xml
 	mvn -q -B -f deploy/dev/kafka/pom.xml dependency:copy-dependencies
 	touch $@
+
+# The Flink distribution (+ SQL Gateway, Kafka connector) for the central engine, kept in
+# $EDGEWATCH_CACHE (default ~/.cache/edgewatch), outside the clone; a no-op once it is there.
+central-deps: $(STAMP)
+	$(PY) deploy/dev/stack.py fetch-central
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -45,6 +45,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory, stack_module: ModuleType) ->
 
 
 @pytest.fixture(scope="session")
+def central_stack(stack: object) -> object:
+    """The run's stack with the central engine (Flink + SQL Gateway) started on first use, so
+    runs that select no `central` test never pay its start-up; stopped with the stack."""
+    stack.start_central()  # type: ignore[attr-defined]
+    return stack
+
+
+@pytest.fixture(scope="session")
+def sql_gateway(central_stack: object) -> str:
+    """Base URL of the SQL Gateway's REST API, e.g. http://127.0.0.1:PORT."""
+    return str(central_stack.state.sql_gateway)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
 def mqtt_port(stack: object) -> int:
     return int(stack.state.mqtt_port)  # type: ignore[attr-defined]
 

@@ -1,13 +1,28 @@
 #!/usr/bin/env python3
-"""Local dev stack: a private Mosquitto and a single-node KRaft Apache Kafka broker.
+"""Local dev stack: a private Mosquitto, a single-node KRaft Apache Kafka broker and, on
+request, the central stream SQL engine (a local Apache Flink cluster plus its SQL Gateway).
 
-    python deploy/dev/stack.py up [--dir DIR]      start both (free loopback ports), print addresses
-    python deploy/dev/stack.py status [--dir DIR]  print addresses and whether each is alive
-    python deploy/dev/stack.py down [--dir DIR]    stop both
+    python deploy/dev/stack.py up [--central] [--dir DIR]  start (free loopback ports), print
+                                                           addresses
+    python deploy/dev/stack.py status [--dir DIR]          addresses, whether each is alive
+    python deploy/dev/stack.py down [--dir DIR]            stop everything that runs
+    python deploy/dev/stack.py fetch-central               fetch the Flink distribution (once)
 
 Tests, benchmarks, the demo and developers all use this file (standard library only).
 Mosquitto comes from Debian's package; the Kafka jars are fetched from Maven Central by
 ``deploy/dev/kafka/pom.xml`` into ``.cache/kafka-libs`` on first use.
+
+The central engine (``--central``; plain ``up`` never touches it): Apache Flink 2.3.0 as a
+JobManager, one TaskManager (4 slots, default parallelism 1) and the SQL Gateway, each a
+Java process started in the foreground under our own ``Popen`` (own session, pid recorded in
+stack.json), so ``down`` stops them with SIGTERM and ``stop_central(hard=True)`` kills them
+with SIGKILL, like a crash. Every port is a free loopback port; the config dir, logs,
+checkpoints (retained on cancellation) and savepoints live under ``DIR/flink``. The Flink
+distribution is assembled once outside the clone, in ``$EDGEWATCH_CACHE/flink-2.3.0``
+(default ``~/.cache/edgewatch``): bin/ and conf/ from the ``apache-flink`` wheel, lib/ and opt/
+from ``apache-flink-libraries`` (both ``pip download --no-deps``, unpacked, never installed, so
+PyFlink's pinned dependencies stay out of every venv), plus the SQL Gateway and the Kafka SQL
+connector jars from Maven Central (``deploy/dev/flink/pom.xml``).
 """
 
 from __future__ import annotations
@@ -23,7 +38,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +51,19 @@ KAFKA_POM = REPO / "deploy" / "dev" / "kafka" / "pom.xml"
 DEFAULT_DIR = REPO / ".cache" / "stack" / "dev"
 KAFKA_HEAP = os.environ.get("EDGEWATCH_KAFKA_HEAP", "-Xms128m -Xmx512m")
 START_TIMEOUT_S = 90.0
+
+FLINK_VERSION = "2.3.0"
+FLINK_POM = REPO / "deploy" / "dev" / "flink" / "pom.xml"
+# The TaskManager's whole process (heap, metaspace, network buffers, managed memory): small
+# enough for a dev box, large enough for the preprocess job's dedupe state at bench rates.
+FLINK_TM_MEMORY = os.environ.get("EDGEWATCH_FLINK_TM_MEMORY", "1024m")
+FLINK_JM_MEMORY = os.environ.get("EDGEWATCH_FLINK_JM_MEMORY", "640m")
+FLINK_GATEWAY_HEAP = os.environ.get("EDGEWATCH_FLINK_GATEWAY_HEAP", "384m")
+# The pieces of the distribution taken from the two wheels (the rest is PyFlink itself).
+_DIST_PARTS = ("bin", "conf", "lib", "opt")
+# The distribution in the platform wheel is the same shell scripts on every platform; pinning
+# one wheel keeps the download independent of the interpreter that runs this script.
+_WHEEL_PLATFORM = ("--python-version", "3.11", "--platform", "manylinux2014_x86_64")
 
 
 class StackError(RuntimeError):
@@ -67,18 +98,25 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
-def stop_pid(pid: int | None, *, hard: bool = False, timeout_s: float = 20.0) -> None:
+def stop_pid(
+    pid: int | None, *, hard: bool = False, timeout_s: float = 20.0, group: bool = False
+) -> None:
+    """Stop ``pid`` (SIGTERM, or SIGKILL when ``hard``) and reap it; ``group`` signals its
+    whole process group (a session leader started with ``start_new_session``)."""
     if not pid_alive(pid):
         return
     assert pid is not None
-    os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+    send = os.killpg if group else os.kill
+    with contextlib.suppress(ProcessLookupError):
+        send(pid, signal.SIGKILL if hard else signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while pid_alive(pid) and time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         time.sleep(0.05)
     if pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            send(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
 
@@ -102,6 +140,98 @@ def ensure_kafka_libs() -> Path:
     return KAFKA_LIBS
 
 
+def cache_root() -> Path:
+    """Downloads that outlive a clone: ``$EDGEWATCH_CACHE`` or ``~/.cache/edgewatch``."""
+    return Path(os.environ.get("EDGEWATCH_CACHE") or Path.home() / ".cache" / "edgewatch")
+
+
+def flink_home() -> Path:
+    return cache_root() / f"flink-{FLINK_VERSION}"
+
+
+def ensure_flink_home() -> Path:
+    """Assemble the Flink distribution once (pip download + unpack, mvn); reuse it after."""
+    home = flink_home()
+    if (home / ".complete").exists():
+        return home
+    missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
+    if missing:
+        raise StackError(f"{' and '.join(missing)} needed to set up the Flink engine: "
+                         "apt-get install -y openjdk-17-jre-headless maven")  # fmt: skip
+    pip = _pip_command()
+    partial = home.with_name(f"{home.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    wheels = partial / "wheels"
+    print(f"fetching Apache Flink {FLINK_VERSION} into {home} (once)", file=sys.stderr)
+    subprocess.run(
+        [*pip, "download", "-q", "--no-deps", "--only-binary=:all:", *_WHEEL_PLATFORM,
+         "-d", str(wheels), f"apache-flink=={FLINK_VERSION}",
+         f"apache-flink-libraries=={FLINK_VERSION}"],
+        check=True,
+    )  # fmt: skip
+    for wheel in sorted(wheels.glob("*.whl")):
+        _unpack_distribution(wheel, partial)
+    shutil.rmtree(wheels)
+    subprocess.run(
+        ["mvn", "-q", "-B", "-Dstyle.color=never", "-f", str(FLINK_POM), "dependency:copy",
+         f"-Dflink.home={partial}"],
+        check=True,
+    )
+    (partial / "plugins").mkdir(exist_ok=True)
+    for script in (partial / "bin").iterdir():
+        if script.suffix in {".sh", ""}:
+            script.chmod(0o755)
+    needed = ["bin/sql-gateway.sh", "lib/flink-dist-*.jar", "opt/flink-sql-gateway-*.jar",
+              "lib/flink-sql-connector-kafka-*.jar"]  # fmt: skip
+    absent = [pattern for pattern in needed if not any(partial.glob(pattern))]
+    if absent:
+        raise StackError(f"the Flink distribution in {partial} lacks {absent}")
+    (partial / ".complete").write_text(f"apache-flink {FLINK_VERSION}\n")
+    if (home / ".complete").exists():  # another process finished first
+        shutil.rmtree(partial, ignore_errors=True)
+        return home
+    shutil.rmtree(home, ignore_errors=True)  # an interrupted earlier attempt
+    partial.rename(home)
+    return home
+
+
+def _pip_command() -> list[str]:
+    """A pip that can download: this interpreter's, the repo venv's, or pip3 on PATH."""
+    candidates = [[sys.executable, "-m", "pip"], [str(REPO / ".venv/bin/python"), "-m", "pip"]]
+    if shutil.which("pip3"):
+        candidates.append(["pip3"])
+    for command in candidates:
+        probe = subprocess.run([*command, "--version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return command
+    raise StackError("pip is needed once to fetch the Flink distribution from PyPI "
+                     "(apt-get install -y python3-pip, or run make setup first)")  # fmt: skip
+
+
+def _unpack_distribution(wheel: Path, home: Path) -> None:
+    """Copy pyflink/{bin,conf,lib,opt}/ out of a wheel into ``home`` (nothing else)."""
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.infolist():
+            parts = Path(member.filename).parts
+            if member.is_dir() or len(parts) < 3 or parts[0] != "pyflink":
+                continue
+            if parts[1] not in _DIST_PARTS or ".." in parts:
+                continue
+            target = home.joinpath(*parts[1:])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as source, target.open("wb") as sink:
+                shutil.copyfileobj(source, sink)
+
+
+def http_json(url: str, timeout_s: float = 2.0) -> object:
+    """GET ``url`` and decode its JSON body (None when nothing answers)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
 @dataclass
 class StackState:
     """What is running where; saved as stack.json in the stack directory."""
@@ -113,6 +243,14 @@ class StackState:
     mosquitto_pid: int | None = None
     kafka_pid: int | None = None
     cluster_id: str = field(default_factory=lambda: "")
+    # The central engine (zero / None until ``start_central`` ran once in this directory).
+    flink_rest_port: int = 0
+    flink_rpc_port: int = 0
+    flink_blob_port: int = 0
+    sql_gateway_port: int = 0
+    jobmanager_pid: int | None = None
+    taskmanager_pid: int | None = None
+    sql_gateway_pid: int | None = None
 
     @property
     def mqtt_address(self) -> str:
@@ -121,6 +259,22 @@ class StackState:
     @property
     def kafka_bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def flink_rest(self) -> str:
+        return f"http://127.0.0.1:{self.flink_rest_port}"
+
+    @property
+    def sql_gateway(self) -> str:
+        return f"http://127.0.0.1:{self.sql_gateway_port}"
+
+    @property
+    def central_pids(self) -> dict[str, int | None]:
+        return {
+            "jobmanager": self.jobmanager_pid,
+            "taskmanager": self.taskmanager_pid,
+            "sql-gateway": self.sql_gateway_pid,
+        }
 
 
 class Stack:
@@ -281,14 +435,164 @@ class Stack:
         self.state.kafka_pid = None
         self._save()
 
-    # Both ----------------------------------------------------------------------------------
-    def up(self) -> StackState:
+    # Central engine: Flink JobManager + TaskManager + SQL Gateway ----------------------------
+    @property
+    def flink_dir(self) -> Path:
+        return self.dir / "flink"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Retained checkpoints: ``<checkpoint_dir>/<job>/<job id>/chk-N/_metadata``."""
+        return self.flink_dir / "checkpoints"
+
+    @property
+    def savepoint_dir(self) -> Path:
+        return self.flink_dir / "savepoints"
+
+    def central_alive(self) -> bool:
+        return all(pid_alive(pid) for pid in self.state.central_pids.values())
+
+    def start_central(self) -> None:
+        """Start whichever of JobManager, TaskManager and SQL Gateway is not running; wait
+        until the TaskManager has registered and the gateway answers."""
+        self._spawn_central()
+        self._wait_central()
+
+    def _spawn_central(self) -> None:
+        if self.central_alive():
+            return
+        home = ensure_flink_home()
+        s = self.state
+        s.flink_rest_port = s.flink_rest_port or free_port()
+        s.flink_rpc_port = s.flink_rpc_port or free_port()
+        s.flink_blob_port = s.flink_blob_port or free_port()
+        s.sql_gateway_port = s.sql_gateway_port or free_port()
+        conf = self.flink_dir / "conf"
+        for sub in ("conf", "log", "pids", "tmp", "checkpoints", "savepoints"):
+            (self.flink_dir / sub).mkdir(parents=True, exist_ok=True)
+        (conf / "config.yaml").write_text(self._flink_config(home))
+        shutil.copy(home / "conf" / "log4j-console.properties", conf)
+        env = {name: value for name, value in os.environ.items()
+               if not name.startswith(("FLINK_", "_FLINK_"))}  # fmt: skip
+        env |= {
+            "FLINK_CONF_DIR": str(conf),
+            "FLINK_LOG_DIR": str(self.flink_dir / "log"),
+            "FLINK_PID_DIR": str(self.flink_dir / "pids"),
+        }
+        scripts = {"jobmanager": "jobmanager.sh", "taskmanager": "taskmanager.sh",
+                   "sql-gateway": "sql-gateway.sh"}  # fmt: skip
+        for name, script in scripts.items():
+            if pid_alive(s.central_pids[name]):
+                continue
+            # start-foreground execs java: the pid we record is the JVM's own.
+            out = (self.flink_dir / "log" / f"{name}.launcher.log").open("ab")
+            proc = subprocess.Popen(
+                [str(home / "bin" / script), "start-foreground"],
+                stdout=out, stderr=out, env=env, start_new_session=True,
+            )  # fmt: skip
+            setattr(s, f"{name.replace('-', '_')}_pid", proc.pid)
+        self._save()
+
+    def _central_ready(self) -> bool:
+        overview = http_json(f"{self.state.flink_rest}/v1/overview")
+        if not isinstance(overview, dict) or int(overview.get("taskmanagers", 0)) < 1:
+            return False
+        return isinstance(http_json(f"{self.state.sql_gateway}/v1/info"), dict)
+
+    def _wait_central(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._central_ready():
+                return
+            for name, pid in self.state.central_pids.items():
+                if not pid_alive(pid):
+                    tail = self._flink_log_tail(name)
+                    raise StackError(f"flink {name} exited during start-up; log tail:\n{tail}")
+            time.sleep(0.2)
+        raise StackError(f"the Flink engine did not become ready within {START_TIMEOUT_S:.0f}s")
+
+    def _flink_log_tail(self, name: str) -> str:
+        service = {"jobmanager": "standalonesession", "taskmanager": "taskexecutor"}.get(name, name)
+        logs = sorted((self.flink_dir / "log").glob(f"flink-*-{service}-*.log"),
+                      key=lambda path: path.stat().st_mtime)  # fmt: skip
+        logs.append(self.flink_dir / "log" / f"{name}.launcher.log")
+        return "\n".join(f"== {log.name}\n{log.read_text(errors='replace')[-1500:]}"
+                         for log in logs[-3:] if log.exists())  # fmt: skip
+
+    def stop_central(self, *, hard: bool = False) -> None:
+        """Stop the engine; ``hard`` kills all three JVMs with SIGKILL at once (a crash:
+        no cancellation, no final checkpoint, retained checkpoints stay on disk)."""
+        pids = self.state.central_pids
+        if hard:
+            for pid in pids.values():
+                if pid_alive(pid):
+                    assert pid is not None
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+        # Gateway first (it holds sessions), the JobManager last (it owns the jobs).
+        for name in ("sql-gateway", "taskmanager", "jobmanager"):
+            stop_pid(pids[name], hard=hard, timeout_s=30, group=True)
+        self.state.jobmanager_pid = self.state.taskmanager_pid = None
+        self.state.sql_gateway_pid = None
+        self._save()
+
+    def _flink_config(self, home: Path) -> str:
+        s, d = self.state, self.flink_dir
+        java_opts = _yaml_value(home / "conf" / "config.yaml", "all")
+        settings = {
+            "jobmanager.rpc.address": "127.0.0.1",
+            "jobmanager.rpc.port": s.flink_rpc_port,
+            "jobmanager.bind-host": "127.0.0.1",
+            "jobmanager.memory.process.size": FLINK_JM_MEMORY,
+            "jobmanager.memory.jvm-metaspace.size": "160m",
+            "jobmanager.memory.jvm-overhead.min": "64m",
+            "jobmanager.execution.failover-strategy": "region",
+            "taskmanager.host": "127.0.0.1",
+            "taskmanager.bind-host": "127.0.0.1",
+            "taskmanager.numberOfTaskSlots": 4,
+            "taskmanager.memory.process.size": FLINK_TM_MEMORY,
+            "taskmanager.memory.jvm-metaspace.size": "192m",
+            "taskmanager.memory.jvm-overhead.min": "96m",
+            "taskmanager.memory.managed.size": "64m",
+            "taskmanager.memory.network.min": "32m",
+            "taskmanager.memory.network.max": "64m",
+            "parallelism.default": 1,
+            "rest.address": "127.0.0.1",
+            "rest.bind-address": "127.0.0.1",
+            "rest.port": s.flink_rest_port,
+            "blob.server.port": s.flink_blob_port,
+            "sql-gateway.endpoint.rest.address": "127.0.0.1",
+            "sql-gateway.endpoint.rest.bind-address": "127.0.0.1",
+            "sql-gateway.endpoint.rest.port": s.sql_gateway_port,
+            "state.backend.type": "hashmap",
+            "execution.checkpointing.dir": self.checkpoint_dir.as_uri(),
+            "execution.checkpointing.savepoint-dir": self.savepoint_dir.as_uri(),
+            "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+            "execution.checkpointing.num-retained": 2,
+            "io.tmp.dirs": str(d / "tmp"),
+            "web.tmpdir": str(d / "tmp"),
+            "env.stdout-err.redirect-to-file": "true",
+            "env.java.opts.all": java_opts,
+            "env.java.opts.sql-gateway": f"-Xms64m -Xmx{FLINK_GATEWAY_HEAP}",
+        }
+        lines = [f"# written by deploy/dev/stack.py for {self.dir}; rewritten on every start"]
+        lines += [f"{key}: {json.dumps(value) if isinstance(value, str) else value}"
+                  for key, value in settings.items()]  # fmt: skip
+        return "\n".join(lines) + "\n"
+
+    # All -----------------------------------------------------------------------------------
+    def up(self, *, central: bool = False) -> StackState:
         self.dir.mkdir(parents=True, exist_ok=True)
+        if central:  # the JVMs start while the brokers do; Flink needs Kafka only for jobs
+            self._spawn_central()
         self.start_mosquitto()
         self.start_kafka()
+        if central:
+            self._wait_central()
         return self.state
 
     def down(self) -> None:
+        self.stop_central()
         self.stop_kafka()
         self.stop_mosquitto()
 
@@ -298,11 +602,19 @@ class Stack:
 
     def status(self) -> dict[str, object]:
         s = self.state
-        return {
+        status: dict[str, object] = {
             "dir": str(self.dir),
             "mqtt": {"address": s.mqtt_address, "alive": pid_alive(s.mosquitto_pid)},
             "kafka": {"bootstrap": s.kafka_bootstrap, "alive": pid_alive(s.kafka_pid)},
         }
+        if s.sql_gateway_port:  # started here at least once
+            status["central"] = {
+                "sql_gateway": s.sql_gateway,
+                "flink_rest": s.flink_rest,
+                "checkpoints": str(self.checkpoint_dir),
+                "alive": self.central_alive(),
+            }
+        return status
 
     def _wait(self, ready: object, name: str, pid: int, log: Path) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -329,6 +641,15 @@ def _kafka_cluster_id(seed: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _yaml_value(path: Path, key: str) -> str:
+    """The value of the first ``key:`` line in a YAML file (the dist's JVM options)."""
+    for line in path.read_text().splitlines():
+        name, _, value = line.strip().partition(":")
+        if name == key and value.strip():
+            return value.strip()
+    return ""
+
+
 def _log_says(path: Path, offset: int, text: str) -> bool:
     if not path.exists():
         return False
@@ -339,13 +660,19 @@ def _log_says(path: Path, offset: int, text: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("command", choices=["up", "down", "status", "destroy"])
+    parser.add_argument("command", choices=["up", "down", "status", "destroy", "fetch-central"])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="stack directory")
+    parser.add_argument(
+        "--central", action="store_true", help="also start the Flink engine and its SQL Gateway"
+    )
     args = parser.parse_args(argv)
+    if args.command == "fetch-central":
+        print(ensure_flink_home())
+        return 0
     stack = Stack(args.dir)
     started = time.monotonic()
     if args.command == "up":
-        stack.up()
+        stack.up(central=args.central)
         status = stack.status()
         status["start_s"] = round(time.monotonic() - started, 2)
         print(json.dumps(status, indent=2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.conftest import load_stack_module
 
 
@@ -12,3 +14,35 @@ def test_kafka_cluster_ids_never_look_like_an_option() -> None:
     assert all(len(i) == 22 and not i.startswith(("-", "_")) for i in ids)
     assert len(set(ids)) == 128  # the top bit is all that is given up
     assert cluster_id("f8" + "0" * 20) == ids[0xF8]  # still derived from its seed
+
+
+def test_central_engine_config_binds_loopback_and_keeps_checkpoints(tmp_path: Path) -> None:
+    """The Flink config the stack writes: every listener on 127.0.0.1 at the stack's own ports,
+    checkpoints and savepoints under the stack dir, retained when a job is cancelled."""
+    module = load_stack_module()
+    stack = module.Stack(tmp_path)
+    stack.state.flink_rest_port, stack.state.flink_rpc_port = 18081, 16123
+    stack.state.flink_blob_port, stack.state.sql_gateway_port = 16124, 18083
+    home = tmp_path / "home"
+    (home / "conf").mkdir(parents=True)
+    (home / "conf" / "config.yaml").write_text(
+        "env:\n  java:\n    opts:\n      all: --add-opens=x\n"
+    )
+    config = dict(line.split(": ", 1) for line in stack._flink_config(home).splitlines()[1:])
+    assert config["rest.port"] == "18081"
+    assert config["sql-gateway.endpoint.rest.port"] == "18083"
+    assert config["blob.server.port"] == "16124"
+    binds = [key for key in config if key.endswith(("bind-host", "bind-address", ".address"))]
+    assert len(binds) >= 6
+    assert all(config[key] == '"127.0.0.1"' for key in binds)
+    checkpoints = config["execution.checkpointing.dir"].strip('"')
+    assert checkpoints == stack.checkpoint_dir.as_uri()
+    assert checkpoints.startswith(tmp_path.resolve().as_uri())
+    retention = config["execution.checkpointing.externalized-checkpoint-retention"]
+    assert retention == '"RETAIN_ON_CANCELLATION"'
+    assert config["env.java.opts.all"] == '"--add-opens=x"'
+    assert stack.status().get("central") is not None  # ports assigned: status reports it
+
+
+def test_plain_status_has_no_central_part(tmp_path: Path) -> None:
+    assert "central" not in load_stack_module().Stack(tmp_path).status()
