@@ -14,12 +14,12 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models.features import FeatureSpec
 from plumbing.errors import EdgewatchError
@@ -87,6 +87,68 @@ class TensorSpec(BaseModel):
     zero_point: int = 0
 
 
+class Cohort(BaseModel):
+    """The boxes a release goes to: listed node ids, a share of the fleet, or both (union).
+
+    The share is taken by a stable hash of the node id (:func:`node_bucket`), so widening a
+    later release from 10 % to 50 % keeps the first 10 % and adds to them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nodes: tuple[str, ...] | None = Field(None, description="Node ids the release goes to.")
+    percent: float | None = Field(
+        None, ge=0, le=100, description="Share of the fleet, by stable hash of the node id."
+    )
+
+    @model_validator(mode="after")
+    def _names_someone(self) -> Self:
+        if self.nodes is None and self.percent is None:
+            raise ValueError("a cohort needs nodes, percent, or both")
+        return self
+
+    def includes(self, node_id: str) -> bool:
+        listed = self.nodes is not None and node_id in self.nodes
+        return listed or (self.percent is not None and node_bucket(node_id) < self.percent)
+
+
+def node_bucket(node_id: str) -> float:
+    """A node's fixed place in [0, 100): the first 32 bits of sha256(node id), scaled."""
+    return int(hashlib.sha256(node_id.encode()).hexdigest()[:8], 16) / 2**32 * 100
+
+
+class RolloutRules(BaseModel):
+    """Per-bundle overrides of the box's rollout rules (``[rollout.rules]`` in agent.toml);
+    an unset field keeps the box's value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shadow_events: int | None = Field(None, ge=0, description="Events scored in shadow, at least.")
+    shadow_s: float | None = Field(None, ge=0, description="Seconds in shadow, at least.")
+    probation_events: int | None = Field(None, ge=0, description="Events on probation.")
+    probation_s: float | None = Field(None, ge=0, description="Seconds on probation.")
+    check_events: int | None = Field(None, ge=1, description="Events per probation check.")
+    alert_rate_ratio_max: float | None = Field(None, gt=0, description="Upper band factor.")
+    alert_rate_ratio_min: float | None = Field(None, ge=0, description="Lower band factor.")
+    alert_rate_slack: float | None = Field(None, ge=0, le=1, description="Band widening.")
+    min_rank_correlation: float | None = Field(
+        None, ge=-1, le=1, description="Spearman floor between the two models' scores."
+    )
+    batch_latency_budget_ms: float | None = Field(None, gt=0, description="p95 batch time.")
+    max_errors: int | None = Field(None, ge=0, description="Rows the model may fail on.")
+
+
+class RolloutSpec(BaseModel):
+    """How a release rolls out: to whom, and under which rules (all optional)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cohort: Cohort | None = Field(None, description="Boxes it goes to; unset: every box.")
+    rules: RolloutRules = Field(
+        default_factory=RolloutRules, description="Overrides of the box's rollout rules."
+    )
+
+
 class Manifest(BaseModel):
     """Everything the edge needs to know about a model, signed as one document."""
 
@@ -109,9 +171,17 @@ class Manifest(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     model_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    rollout: RolloutSpec | None = Field(
+        None, description="Cohort and rollout rules; unset: every box, the box's rules."
+    )
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True).encode()
+        """The signed bytes. An unset ``rollout`` is left out, so manifests written before
+        it existed (and ``make bundles``) stay byte-identical."""
+        document = self.model_dump(mode="json", exclude={"rollout"})
+        if self.rollout is not None:
+            document["rollout"] = self.rollout.model_dump(mode="json", exclude_none=True)
+        return json.dumps(document, indent=2, sort_keys=True).encode()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,266 @@
+"""The rollout state machine (no I/O), cohorts, rollout manifest fields and signed instructions."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.rollout import Phase, Reservoir, Rollout, Rules, ShadowFigures, Version, spearman
+from models.bundle import Cohort, Manifest, RolloutRules, RolloutSpec, load_private_key, node_bucket
+from models.instructions import (
+    InstructionError,
+    instruction_key,
+    new_instruction,
+    sign_instruction,
+    verify_instruction,
+)
+from tests.helpers import make_keys, make_manifest
+
+V1, V2, V3 = Version(1, "a" * 64), Version(2, "b" * 64), Version(3, "c" * 64)
+RULES = Rules(shadow_events=1000, shadow_s=10, probation_events=2000, probation_s=0,
+              check_events=500)  # fmt: skip
+
+
+def batch(
+    rng: np.random.Generator, n: int = 100, *, serving_rate: float = 0.02,
+    shadow_rate: float | None = None, noise: float = 0.0, errors: int = 0, shadow_s: float = 0.001,
+) -> ShadowFigures:  # fmt: skip
+    """n events; the shadow model's scores are the serving ones plus noise."""
+    serving = rng.exponential(1.0, n)
+    shadow = serving + rng.normal(0, noise, n) if noise else serving.copy()
+    rate = serving_rate if shadow_rate is None else shadow_rate
+    return ShadowFigures(
+        events=n, serving_alerts=round(n * serving_rate), shadow_alerts=round(n * rate),
+        shadow_errors=errors, serving_s=0.001, shadow_s=shadow_s,
+        serving_scores=serving, shadow_scores=shadow,
+    )  # fmt: skip
+
+
+def run(rollout: Rollout, rng: np.random.Generator, batches: int, start: float, step: float,
+        **kwargs: object) -> list:  # fmt: skip
+    decisions = []
+    for i in range(batches):
+        decision = rollout.observe(batch(rng, **kwargs), start + i * step)  # type: ignore[arg-type]
+        if decision is not None:
+            decisions.append(decision)
+    return decisions
+
+
+def shadowing(rules: Rules = RULES) -> Rollout:
+    rollout = Rollout(rules, active=V1)
+    assert rollout.offer(V2, now=0.0).kind == "shadow_started"
+    assert rollout.phase is Phase.SHADOW
+    return rollout
+
+
+def test_first_bundle_is_installed_without_shadow() -> None:
+    rollout = Rollout(RULES)
+    decision = rollout.offer(V1, now=0.0)
+    assert (decision.kind, rollout.active, rollout.phase) == ("installed", V1, Phase.SERVING)
+
+
+def test_good_candidate_is_promoted_only_after_events_and_seconds() -> None:
+    rollout, rng = shadowing(), np.random.default_rng(1)
+    # 20 batches of 100 within 1.9 s: events reached, seconds not.
+    assert run(rollout, rng, 20, start=0.0, step=0.1) == []
+    (decision,) = run(rollout, rng, 1, start=10.0, step=0)
+    assert decision.kind == "promoted"
+    assert (decision.from_version, decision.to_version) == (V1, V2)
+    assert decision.figures["rank_correlation"] == 1.0
+    assert decision.figures["events"] == 2100
+    assert (rollout.active, rollout.phase, rollout.previous) == (V2, Phase.PROBATION, [V1])
+    assert rollout.shadow_candidate is None
+    assert rollout.beside == V1  # the reference scores beside it on probation
+
+
+def test_alert_rate_far_above_is_rejected_and_never_tried_again() -> None:
+    rollout, rng = shadowing(), np.random.default_rng(2)
+    (decision,) = run(rollout, rng, 11, start=0.0, step=1.0, serving_rate=0.02, shadow_rate=0.5)
+    assert decision.kind == "rejected"
+    assert "alert rate 0.5000 outside" in decision.reason
+    assert decision.figures["new_alert_rate"] == 0.5
+    assert (rollout.active, rollout.phase, rollout.candidate) == (V1, Phase.SERVING, None)
+    again = rollout.offer(V2, now=20.0)
+    assert again.kind == "ignored"
+    assert "rejected" in again.reason
+
+
+def test_alert_rate_band_has_a_floor_and_slack() -> None:
+    rollout, rng = shadowing(), np.random.default_rng(3)
+    # 0.03 vs 0.02: within 2x (+0.01); silence (0.0 vs 0.05) is outside 0.5x - 0.01.
+    (ok,) = run(rollout, rng, 11, start=0.0, step=1.0, serving_rate=0.02, shadow_rate=0.03)
+    assert ok.kind == "promoted"
+    rollout, rng = shadowing(), np.random.default_rng(3)
+    (silent,) = run(rollout, rng, 11, start=0.0, step=1.0, serving_rate=0.05, shadow_rate=0.0)
+    assert silent.kind == "rejected"
+
+
+def test_an_error_rejects_at_once() -> None:
+    rollout, rng = shadowing(), np.random.default_rng(4)
+    (decision,) = run(rollout, rng, 1, start=0.0, step=1.0, errors=3)
+    assert decision.kind == "rejected"
+    assert decision.reason.startswith("3 errors")
+
+
+def test_disagreeing_ranks_and_slow_batches_are_rejected() -> None:
+    rollout, rng = shadowing(), np.random.default_rng(5)
+    (decision,) = run(rollout, rng, 11, start=0.0, step=1.0, noise=5.0)
+    assert decision.kind == "rejected"
+    assert "rank correlation" in decision.reason
+    assert decision.figures["rank_correlation"] < 0.8
+    rollout, rng = shadowing(), np.random.default_rng(5)
+    (decision,) = run(rollout, rng, 11, start=0.0, step=1.0, shadow_s=0.2)
+    assert decision.kind == "rejected"
+    assert "p95 batch time 200.00 ms over 50.0 ms" in decision.reason
+
+
+def test_bundle_overrides_the_box_rules() -> None:
+    rollout = Rollout(RULES, active=V1)
+    rollout.offer(V2, now=0.0, overrides={"shadow_events": 100, "shadow_s": 0, "max_errors": None})
+    (decision,) = run(rollout, np.random.default_rng(6), 1, start=0.0, step=0)
+    assert decision.kind == "promoted"
+
+
+def _promoted(rules: Rules = RULES) -> tuple[Rollout, np.random.Generator]:
+    rollout, rng = shadowing(rules), np.random.default_rng(7)
+    (decision,) = run(rollout, rng, 11, start=0.0, step=1.0)
+    assert decision.kind == "promoted"
+    return rollout, rng
+
+
+def test_promoted_model_that_turns_bad_is_rolled_back_and_not_tried_again() -> None:
+    rollout, rng = _promoted()
+    assert run(rollout, rng, 5, start=20.0, step=1.0) == []  # one good check
+    # Inputs drift: the promoted model (serving) alerts on 40 %, the reference on 8 %.
+    (decision,) = run(rollout, rng, 5, start=30.0, step=1.0, serving_rate=0.4, shadow_rate=0.08)
+    assert decision.kind == "rolled_back"
+    assert (decision.from_version, decision.to_version) == (V2, V1)
+    assert decision.reason.startswith("on probation: alert rate 0.4000 outside")
+    assert decision.figures["old_alert_rate"] == 0.08
+    assert (rollout.active, rollout.phase, rollout.previous) == (V1, Phase.SERVING, [])
+    assert rollout.offer(V2, now=50.0).reason == "v2 was rolled back; not tried again"
+    assert rollout.offer(V3, now=50.0).kind == "shadow_started"
+
+
+def test_probation_passes_and_offers_meanwhile_are_deferred() -> None:
+    rollout, rng = _promoted()
+    assert rollout.offer(V3, now=15.0).kind == "deferred"
+    decisions = run(rollout, rng, 20, start=20.0, step=1.0)
+    assert [d.kind for d in decisions] == ["probation_passed"]
+    assert (rollout.phase, rollout.candidate, rollout.previous) == (Phase.SERVING, None, [V1])
+    assert rollout.offer(V3, now=50.0).kind == "shadow_started"
+
+
+def test_no_probation_when_the_rules_set_none() -> None:
+    rollout, _ = _promoted(Rules(shadow_events=1000, shadow_s=10, probation_events=0,
+                                 probation_s=0))  # fmt: skip
+    assert (rollout.phase, rollout.candidate) == (Phase.SERVING, None)
+
+
+def test_offers_that_are_not_newer_are_ignored_and_newer_candidates_replace() -> None:
+    rollout = Rollout(RULES, active=V2)
+    assert rollout.offer(V1, now=0).reason == "v1 is not newer than v2"
+    assert rollout.offer(V2, now=0).quiet  # the retained bundle seen again
+    rollout.offer(V3, now=0)
+    assert rollout.offer(V3, now=1).quiet
+    v4 = Version(4, "d" * 64)
+    decision = rollout.offer(v4, now=2)
+    assert decision.kind == "shadow_started"
+    assert "replaces candidate v3" in decision.reason
+
+
+def test_instruction_serves_an_older_version_and_retires_the_newer() -> None:
+    rollout, _ = _promoted()
+    rollout.offer(V3, now=15.0)  # deferred
+    decision = rollout.instruct(V1, now=20.0, reason="fraud team")
+    assert decision.kind == "rolled_back"
+    assert decision.reason == "instruction from the centre: fraud team"
+    assert (rollout.active, rollout.phase, rollout.candidate) == (V1, Phase.SERVING, None)
+    assert rollout.offer(V2, now=21).kind == "ignored"
+    assert rollout.instruct(V1, now=22).kind == "ignored"
+    forward = rollout.instruct(V2, now=23)  # the centre may bring a rolled-back one back
+    assert forward.kind == "instructed"
+    assert (rollout.active, rollout.previous) == (V2, [V1])
+
+
+def test_state_round_trips_the_versions() -> None:
+    rollout, _ = _promoted()
+    state = rollout.state()
+    assert state["active"] == {"number": 2, "sha256": "b" * 64}
+    assert state["probation"] is True
+    again = Rollout(RULES, active=Version(**state["active"]),
+                    previous=[Version(**v) for v in state["previous"]])  # fmt: skip
+    again.resume_probation(now=0.0)
+    assert (again.phase, again.beside) == (Phase.PROBATION, V1)
+
+
+def test_spearman_and_the_reservoir() -> None:
+    x = np.arange(10.0)
+    assert spearman(x, x * 3 + 1) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    assert spearman(np.array([1.0, 1.0, 2.0, 3.0]), np.array([1.0, 1.0, 2.0, 3.0])) == 1.0
+    assert spearman(x[:2], x[:2]) is None
+    assert spearman(np.ones(5), x[:5]) == 0.0
+    reservoir = Reservoir(100, 1, np.random.default_rng(0))
+    for start in range(0, 100_000, 1000):
+        reservoir.add(np.arange(start, start + 1000))
+    sample = reservoir.sample()
+    assert sample.shape == (100, 1)
+    assert reservoir.seen == 100_000
+    assert 30_000 < sample.mean() < 70_000  # uniform over everything seen, not the last rows
+
+
+def test_cohort_by_list_and_by_stable_share() -> None:
+    assert node_bucket("box-a") == node_bucket("box-a")
+    nodes = [f"box-{i}" for i in range(2000)]
+    ten = {n for n in nodes if Cohort(percent=10).includes(n)}
+    fifty = {n for n in nodes if Cohort(percent=50).includes(n)}
+    assert 150 < len(ten) < 250
+    assert ten < fifty  # widening keeps the first boxes
+    assert Cohort(nodes=("x",)).includes("x")
+    assert not Cohort(nodes=("x",)).includes("y")
+    with pytest.raises(ValueError, match="cohort needs"):
+        Cohort()
+
+
+def test_manifest_without_rollout_serializes_as_before() -> None:
+    manifest = make_manifest(b"model")
+    assert b"rollout" not in manifest.to_bytes()
+    spec = RolloutSpec(cohort=Cohort(percent=25), rules=RolloutRules(shadow_events=10))
+    with_rollout = manifest.model_copy(update={"rollout": spec})
+    document = json.loads(with_rollout.to_bytes())
+    assert document["rollout"] == {"cohort": {"percent": 25.0}, "rules": {"shadow_events": 10}}
+    assert Manifest.model_validate_json(with_rollout.to_bytes()).rollout == spec
+
+
+def test_instruction_signed_tampered_unsigned_untrusted(tmp_path: Path) -> None:
+    private, public = make_keys(tmp_path / "k")
+    from models.bundle import load_trusted_keys
+
+    trusted = load_trusted_keys(public)
+    signed = sign_instruction(new_instruction("pay", 3, reason="x"), load_private_key(private))
+    assert verify_instruction(signed, trusted).version == 3
+    assert instruction_key("pay") == "pay--serve"
+
+    envelope = json.loads(signed)
+    tampered = dict(envelope, payload=envelope["payload"].replace('"version": 3', '"version": 1'))
+    unsigned = {k: v for k, v in envelope.items() if k not in ("signature", "key_id")}
+    rogue_private, _ = make_keys(tmp_path / "rogue")
+    rogue = sign_instruction(new_instruction("pay", 1), load_private_key(rogue_private))
+    junk = dict(envelope, signature=base64.b64encode(b"x" * 64).decode())
+    cases = [
+        (json.dumps(tampered).encode(), "bad_signature"),
+        (json.dumps(unsigned).encode(), "unsigned"),
+        (rogue, "untrusted_key"),
+        (json.dumps(junk).encode(), "bad_signature"),
+        (b"not json", "malformed"),
+        (b"{}", "malformed"),
+    ]
+    for data, reason in cases:
+        with pytest.raises(InstructionError) as caught:
+            verify_instruction(data, trusted)
+        assert caught.value.reason == reason
