@@ -108,6 +108,14 @@ class AgentSettings(ServiceSettings):
             )
         return self
 
+    def input_files(self) -> dict[str, Path]:
+        bundles = {
+            f"streams.{name}.bundle": stream.bundle
+            for name, stream in self.streams.items()
+            if stream.bundle is not None
+        }
+        return {**super().input_files(), "trusted_keys": self.trusted_keys, **bundles}
+
     def summary(self) -> list[str]:
         lines = super().summary()
         for name, stream in self.streams.items():

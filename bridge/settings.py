@@ -84,6 +84,10 @@ class BridgeSettings(ServiceSettings):
             raise ValueError("probe_min_s must not exceed probe_max_s")
         return self
 
+    def input_files(self) -> dict[str, Path]:
+        kafka = {f"kafka.{name}": path for name, path in self.kafka.input_files().items()}
+        return {**super().input_files(), **kafka}
+
     def summary(self) -> list[str]:
         return [
             *super().summary(),

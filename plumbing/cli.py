@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tomllib
 from collections.abc import Callable, Iterable
@@ -50,13 +51,26 @@ def load_or_explain(settings_cls: type[S], config_file: Path | None) -> tuple[S 
         return None, [str(exc)]
 
 
+def missing_files(settings: ServiceSettings) -> list[str]:
+    """One line per file the settings name that does not exist or this user cannot read."""
+    problems = []
+    for field, path in settings.input_files().items():
+        if not path.exists():
+            problems.append(f"{field}: {path} does not exist")
+        elif not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+            problems.append(f"{field}: {path} is not readable by this user (uid {os.getuid()})")
+    return problems
+
+
 def validate_config(
     settings_cls: type[ServiceSettings], config_file: Path, out: TextIO | None = None
 ) -> int:
     """Print every problem and return 1, or a short summary and return 0."""
     out = out or sys.stdout
     settings, problems = load_or_explain(settings_cls, config_file)
-    if settings is None:
+    if settings is not None:
+        problems = missing_files(settings)
+    if settings is None or problems:
         print(f"{config_file}: {len(problems)} problem(s)", file=out)
         for line in problems:
             print(f"  {line}", file=out)

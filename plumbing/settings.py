@@ -74,6 +74,15 @@ class MqttSettings(StrictModel):
         "edge", pattern=r"^[^#+/]+$", description="First level of every edgewatch topic."
     )
 
+    def input_files(self) -> dict[str, Path]:
+        """The files this section reads, by field name (for ``validate-config``)."""
+        files = {
+            "tls_ca_file": self.tls_ca_file,
+            "tls_cert_file": self.tls_cert_file,
+            "tls_key_file": self.tls_key_file,
+        }
+        return {name: path for name, path in files.items() if path is not None}
+
     @model_validator(mode="after")
     def _tls_pairs(self) -> Self:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -120,6 +129,15 @@ class KafkaSettings(StrictModel):
         if uses_sasl and self.sasl_password is None:
             raise ValueError(f"{self.security_protocol} needs sasl_password")
         return self
+
+    def input_files(self) -> dict[str, Path]:
+        """The files librdkafka will read, by field name (for ``validate-config``)."""
+        files = {
+            "ssl_ca_location": self.ssl_ca_location,
+            "ssl_certificate_location": self.ssl_certificate_location,
+            "ssl_key_location": self.ssl_key_location,
+        }
+        return {name: path for name, path in files.items() if path is not None}
 
     def librdkafka_config(self) -> dict[str, LibrdkafkaValue]:
         """The connection part of a librdkafka configuration (secrets revealed here only)."""
@@ -232,6 +250,14 @@ class ServiceSettings(BaseSettings):
             f"node_id = {self.node_id}",
             f"mqtt = {self.mqtt.host}:{self.mqtt.port} as {self.mqtt_client_id}",
         ]
+
+    def input_files(self) -> dict[str, Path]:
+        """Every file or directory the service reads at start, by dotted field path.
+
+        ``validate-config`` checks that each exists and is readable by the user running it
+        (no I/O in the validators: loading settings never touches these paths).
+        """
+        return {f"mqtt.{name}": path for name, path in self.mqtt.input_files().items()}
 
     @property
     def mqtt_client_id(self) -> str:

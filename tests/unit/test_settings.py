@@ -15,7 +15,7 @@ from plumbing.settings import KafkaSettings, MqttSettings
 
 VALID = """
 node_id = "box-1"
-trusted_keys = "/etc/edgewatch/keys"
+trusted_keys = "models/bundles"  # validate-config checks that it exists
 
 [mqtt]
 host = "127.0.0.1"
