@@ -1,4 +1,4 @@
-"""Bridge throughput against a bare subscriber and a naive bridge; spool replay and RSS.
+"""Bridge throughput against bare subscribers, a compiled forwarder and a naive bridge.
 
     python tests/bench/bridge_throughput.py --json
 
@@ -9,7 +9,11 @@ own client (the ceiling the goal names), one on the buffered client the services
 bridges' rates are measured in Kafka: every event id is consumed back (acks=all,
 idempotent producer) and the rate is the count over the span of the records' timestamps,
 so the service is not slowed by polling.
-Bare subscribers and bridge alternate for ``--rounds`` rounds; their figures are medians.
+The compiled baseline is ``tests/bench/compiled_forwarder`` (Go: paho.mqtt.golang and
+franz-go; acks MQTT after Kafka's acks=all, up to 1,000 in flight, no spool), built here
+once into ``.cache/compiled_forwarder`` and measured on the same backlog the same way.
+Bare subscribers, bridge and compiled forwarder alternate for ``--rounds`` rounds; their
+figures are medians.
 Replay: a spool holding ``--spooled`` rows is sent to Kafka by a bridge started on it;
 its peak RSS is measured meanwhile.
 """
@@ -18,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
+import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +37,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 from common import (
+    REPO,
     Counter,
     messages_until_sigterm,
     peak_rss_mb,
@@ -150,6 +158,71 @@ def run_bridge_until(  # noqa: PLR0917 - a benchmark step
     return rss
 
 
+COMPILED_SOURCE = REPO / "tests" / "bench" / "compiled_forwarder"
+COMPILED_BUILD = REPO / ".cache" / "compiled_forwarder"
+
+
+def build_compiled() -> Path:
+    """``go build`` the compiled forwarder once (again only when its sources changed)."""
+    binary = COMPILED_BUILD / "forwarder"
+    sources = [p for p in COMPILED_SOURCE.iterdir() if p.suffix in (".go", ".mod", ".sum")]
+    if binary.exists() and binary.stat().st_mtime >= max(p.stat().st_mtime for p in sources):
+        return binary
+    if shutil.which("go") is None:
+        raise SystemExit("the compiled baseline needs the Go toolchain (go) on PATH")
+    gopath = COMPILED_BUILD / "gopath"  # modules and build cache stay inside .cache/
+    env = {**os.environ, "GOPATH": str(gopath), "GOCACHE": str(gopath / "build"),
+           "GOFLAGS": "-modcacherw"}  # fmt: skip
+    subprocess.run(["nice", "-n", "10", "go", "build", "-o", str(binary), "."],
+                   cwd=COMPILED_SOURCE, env=env, check=True)  # fmt: skip
+    return binary
+
+
+def _log_lines(path: Path) -> list[str]:
+    return path.read_text(errors="replace").splitlines() if path.exists() else []
+
+
+def compiled_forwarder(stack: object, binary: Path, count: int, workdir: Path, name: str
+                       ) -> tuple[float, float]:  # fmt: skip
+    """The compiled forwarder on a backlog of ``count``: its rate in Kafka and peak RSS."""
+    port = stack.state.mqtt_port  # type: ignore[attr-defined]
+    bootstrap = stack.state.kafka_bootstrap  # type: ignore[attr-defined]
+    args = [str(binary), "--mqtt", f"tcp://127.0.0.1:{port}", "--filter", f"{name}/+/raw/+",
+            "--client-id", name, "--bootstrap", bootstrap, "--topic", f"{name}.raw"]  # fmt: skip
+
+    def start(log: Path) -> subprocess.Popen[bytes]:
+        handle = log.open("ab")
+        return subprocess.Popen(args, stdout=handle, stderr=handle)
+
+    def wait_log(log: Path, proc: subprocess.Popen[bytes], done: object, what: str) -> None:
+        deadline = time.monotonic() + 900
+        while not done(_log_lines(log)):  # type: ignore[operator]
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: {what} ({log.read_text(errors='replace')[-500:]})")
+            time.sleep(0.2)
+
+    first = workdir / f"{name}-session.log"
+    proc = start(first)  # makes the persistent session, then leaves it
+    wait_log(first, proc, lambda lines: "subscribed" in lines, "did not subscribe")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    publish(port, raw_items(name, count))
+    log = workdir / f"{name}.log"
+    proc = start(log)
+
+    def delivered(lines: list[str]) -> bool:
+        counts = [int(line.split()[1]) for line in lines if line.startswith("delivered ")]
+        return bool(counts) and counts[-1] >= count
+
+    try:
+        wait_log(log, proc, delivered, "Kafka did not acknowledge everything")
+        rss = peak_rss_mb(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    return rate_in_kafka(bootstrap, f"{name}.raw", count, "compiled forwarder"), rss
+
+
 def serve_naive(port: int, bootstrap: str, prefix: str) -> None:
     """Per message: produce, flush (wait for Kafka's ack), then ack on MQTT."""
     from confluent_kafka import Producer
@@ -220,21 +293,27 @@ def main() -> int:
 
     free_port = load_stack_module().free_port
     workdir = Path(tempfile.mkdtemp(prefix="edgewatch-bridge-bench-"))
+    binary = build_compiled()
     steady_harness()
     with private_stack() as stack:
         state = stack.state  # type: ignore[attr-defined]
         port, bootstrap = state.mqtt_port, state.kafka_bootstrap
-        raw_rates, buffered_rates, bridge_rates = [], [], []
+        raw_rates, buffered_rates, bridge_rates, compiled_rates = [], [], [], []
+        bridge_rss, compiled_rss = [], []
         for round_ in range(args.rounds):  # alternating, so drift hits all alike
             raw_rates.append(bare_subscriber(stack, args.count, paho.Client))
             buffered_rates.append(bare_subscriber(stack, args.count, BufferedClient))
             prefix, metrics = f"benchbridge{round_}", free_port()
             config = bridge_toml(workdir, port, bootstrap, prefix, metrics)
-            run_bridge_until(config, metrics, workdir, prefix, args.count,
-                             preload=(port, raw_items(prefix, args.count)))  # fmt: skip
+            bridge_rss.append(run_bridge_until(config, metrics, workdir, prefix, args.count,
+                              preload=(port, raw_items(prefix, args.count))))  # fmt: skip
             bridge_rates.append(rate_in_kafka(bootstrap, f"{prefix}.raw", args.count, "bridge"))
+            rate, rss_ = compiled_forwarder(stack, binary, args.count, workdir, f"compiled{round_}")
+            compiled_rates.append(rate)
+            compiled_rss.append(rss_)
         raw_rate, bridge_rate = statistics.median(raw_rates), statistics.median(bridge_rates)
         buffered_rate = statistics.median(buffered_rates)
+        compiled_rate = statistics.median(compiled_rates)
 
         naive_rate = naive_bridge(stack, args.naive_count, workdir)
 
@@ -247,11 +326,15 @@ def main() -> int:
         "bridge_msgs_per_s": round(bridge_rate),
         "raw_sub_msgs_per_s": round(raw_rate),
         "buffered_sub_msgs_per_s": round(buffered_rate),
+        "compiled_msgs_per_s": round(compiled_rate),
         "naive_msgs_per_s": round(naive_rate),
         "replay_msgs_per_s": round(replay_rate),
         "rss_mb_spooled": round(rss, 1),
+        "bridge_peak_rss_mb": round(max(bridge_rss), 1),
+        "compiled_peak_rss_mb": round(max(compiled_rss), 1),
         "bridge_vs_raw_sub": round(bridge_rate / raw_rate, 3),
         "bridge_vs_buffered_sub": round(bridge_rate / buffered_rate, 3),
+        "bridge_vs_compiled": round(bridge_rate / compiled_rate, 3),
         "bridge_vs_naive": round(bridge_rate / naive_rate, 1),
         "verified_in_kafka": args.count,  # rate_in_kafka raised unless every id arrived
         "messages": args.count,
@@ -260,6 +343,7 @@ def main() -> int:
             "bridge": [round(r) for r in bridge_rates],
             "raw_sub": [round(r) for r in raw_rates],
             "buffered_sub": [round(r) for r in buffered_rates],
+            "compiled": [round(r) for r in compiled_rates],
         },
     }
     print(json.dumps(result, indent=2) if args.json else result)
