@@ -15,7 +15,6 @@
 --
 -- Placeholders (dollar, brace, name, brace) are filled in by models/central/jobs.py.
 
-SET 'pipeline.name' = 'edgewatch-preprocess-sensors';
 SET 'execution.checkpointing.interval' = '${checkpoint_interval}';
 SET 'execution.checkpointing.mode' = 'EXACTLY_ONCE';
 SET 'execution.checkpointing.externalized-checkpoint-retention' = 'RETAIN_ON_CANCELLATION';
