@@ -1,4 +1,4 @@
-"""``edgewatch-models``: train, evaluate, benchmark, inspect, sign and publish bundles."""
+"""``edgewatch-models``: train, retrain, evaluate, benchmark, inspect, sign and publish bundles."""
 
 from __future__ import annotations
 
@@ -204,6 +204,58 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from models.retrain import parse_time, run_retrain
+    from models.retrain_settings import RetrainConfig
+    from plumbing.cli import require_settings
+
+    config = require_settings(RetrainConfig, args.config)
+    with _stdout_to_stderr():
+        result = run_retrain(
+            config,
+            args.stream,
+            data=args.data,
+            start=parse_time(args.start) if args.start else None,
+            end=parse_time(args.end) if args.end else None,
+            dry_run=args.dry_run,
+            champion_path=args.champion,
+            report_dir=args.report_dir,
+            progress=not args.quiet,
+        )
+    if args.json:
+        _print_json(result.document)
+    for rule in result.verdict.rules:
+        print(f"  {'pass' if rule.passed else 'FAIL'}  {rule.detail}")
+    if not result.passed:
+        failed = ", ".join(rule.name for rule in result.verdict.failures)
+        print(f"refused by the gate ({failed}): nothing published; report in {result.report_dir}")
+        return 2
+    if result.published is None:
+        print(f"passed the gate (dry run: nothing signed or published); report in "
+              f"{result.report_dir}")  # fmt: skip
+    else:
+        print(f"published {result.document['model']} version {result.version} to "
+              f"{config.retrain.models_topic}; report in {result.report_dir}")  # fmt: skip
+    return 0
+
+
+def _add_retrain_parser(sub: Any) -> None:
+    retrain = sub.add_parser(
+        "retrain", help="retrain from train.{stream}, gate against the champion, publish"
+    )
+    retrain.add_argument("--stream", required=True, help="stream name, e.g. payments")
+    retrain.add_argument("--config", type=Path, help="central.toml ([kafka], [retrain])")
+    retrain.add_argument("--from", dest="start", help="oldest event time (ISO 8601 or epoch s)")
+    retrain.add_argument("--to", dest="end", help="event time to stop before (exclusive)")
+    retrain.add_argument("--dry-run", action="store_true", help="train and gate; never publish")
+    retrain.add_argument("--data", type=Path, help="CSV or Parquet rows instead of the topic")
+    retrain.add_argument("--champion", type=Path, help="champion bundle instead of edge.models")
+    retrain.add_argument("--report-dir", type=Path, help="report directory (default: new one)")
+    retrain.add_argument("--quiet", action="store_true", help="no progress output")
+    retrain.add_argument("--json", action="store_true", help="print report.json too")
+    retrain.set_defaults(run=cmd_retrain)
+
+
 def _add_train_parser(sub: Any) -> None:
     train = sub.add_parser("train", help="train, quantize, calibrate and sign a bundle")
     train.add_argument("--data", type=Path, required=True, help="CSV with named columns")
@@ -244,6 +296,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.set_defaults(run=cmd_inspect)
 
     _add_train_parser(sub)
+    _add_retrain_parser(sub)
 
     evaluate = sub.add_parser("evaluate", help="metrics of a bundle on labelled data")
     evaluate.add_argument("bundle", type=Path)

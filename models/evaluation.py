@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,16 @@ def model_inputs(bundle: Bundle, data: Path, label: str | None = None) -> tuple[
     labels = table.labels(label)
     if labels is None:
         raise ValueError(f"{data} has no label column (looked for {label or 'Class/anomaly'})")
+    return payload_inputs(bundle, table.payloads(bundle.manifest.features.names)), labels
+
+
+def payload_inputs(bundle: Bundle, payloads: Sequence[Mapping[str, Any]]) -> Any:
+    """Model inputs of payloads (one device's, in order) through the bundle's feature spec."""
     spec = bundle.manifest.features
-    payloads = table.payloads(spec.names)
     x, rejected = spec.vectorize(payloads)
     if rejected:
         raise ValueError(f"{len(rejected)} rows rejected by the feature spec, e.g. {rejected[0]}")
-    return sliding_windows(x, spec.window), labels
+    return sliding_windows(x, spec.window)
 
 
 def evaluate(
