@@ -176,7 +176,7 @@ def ensure_flink_home() -> Path:
         ["mvn", "-q", "-B", "-Dstyle.color=never", "-f", str(FLINK_POM), "dependency:copy",
          f"-Dflink.home={partial}"],
         check=True,
-    )
+    )  # fmt: skip
     (partial / "plugins").mkdir(exist_ok=True)
     for script in (partial / "bin").iterdir():
         if script.suffix in {".sh", ""}:
