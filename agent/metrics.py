@@ -67,6 +67,31 @@ class AgentMetrics:
         self.model_rejected = Counter(
             "edgewatch_agent_model_rejected", "Model bundles refused", ["reason"], registry=r
         )
+        self.rollout_transitions = Counter(
+            "edgewatch_agent_rollout_transitions",
+            "Model rollout transitions (shadow_started, promoted, rejected, rolled_back, ...)",
+            ["stream", "kind"],
+            registry=r,
+        )
+        self.instructions_refused = Counter(
+            "edgewatch_agent_instructions_refused",
+            "Instructions from the centre refused (unsigned, untrusted_key, bad_signature, "
+            "malformed, stale, other_model)",
+            ["reason"],
+            registry=r,
+        )
+        self.shadow_events = Counter(
+            "edgewatch_agent_shadow_events",
+            "Events scored by a second model beside the serving one (shadow or probation)",
+            ["stream"],
+            registry=r,
+        )
+        self.shadow_errors = Counter(
+            "edgewatch_agent_shadow_errors",
+            "Rows the second model failed on (inference error or input it refuses)",
+            ["stream"],
+            registry=r,
+        )
         self.publish_refused = Counter(
             "edgewatch_agent_publish_refused",
             "Publishes the broker refused (PUBACK reason code), sent again after a delay",

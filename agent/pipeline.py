@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.jsonguard import PayloadRejectedError, parse_object
+from agent.rollout import ShadowFigures
 from models.bundle import Bundle
 from models.features import WindowState
 from models.scoring import Scorer
@@ -82,12 +84,17 @@ class Pipeline:
         self.models: dict[str, StreamModel] = {}
         self.last_inference_s = 0.0
         self._parsed_topics: dict[str, TopicParts | None] = {}
+        # A second model per stream scoring the same events (a candidate in shadow, or the
+        # previous model on probation); its results go under "shadow" in the scored event.
+        self.shadows: dict[str, StreamModel] = {}
+        self.shadow_figures: dict[str, ShadowFigures] = {}  # of the last batch, per stream
 
     def process(self, batch: Sequence[Inbound]) -> list[Outcome]:
         """Outcomes in the order of ``batch``; every inbound gets at least one publish."""
         outcomes: list[Outcome | None] = [None] * len(batch)
         valid: dict[str, list[tuple[int, str, str, dict[str, Any]]]] = defaultdict(list)
         self.last_inference_s = 0.0
+        self.shadow_figures = {}
         for i, inbound in enumerate(batch):
             parts = self._topic_parts(inbound.topic)
             if parts is None or parts.kind != "raw":
@@ -149,13 +156,15 @@ class Pipeline:
         inputs = model.windows.push(devices, rows[keep])
         started = time.perf_counter()
         scored = model.scorer.score(inputs)
-        self.last_inference_s += time.perf_counter() - started
+        serving_s = time.perf_counter() - started
+        self.last_inference_s += serving_s
         contributions = model.scorer.contributions(scored.errors, self.limits.contributions_top_k)
         threshold = model.manifest.score.threshold
         now = time.time()
         # Python floats and bools for the whole batch at once, not value by value.
         exact = scored.scores.astype(np.float64)
         scores, anomalies = np.round(exact, 6).tolist(), (exact >= threshold).tolist()
+        shadow = self._shadow(stream, [items[j] for j in keep], rows[keep], exact, serving_s)
         for n, j in enumerate(keep):
             i, device, _, document = items[j]
             inbound = batch[i]
@@ -173,6 +182,8 @@ class Pipeline:
                 "anomaly": anomaly,
                 "contributions": contributions[n],
             }
+            if shadow is not None and shadow[n] is not None:
+                event["shadow"] = shadow[n]
             body = dumps(event)
             publishes = [(self.topics.event(device, "scored", stream), body)]
             if anomaly:
@@ -181,6 +192,51 @@ class Pipeline:
                 (i, Outcome(inbound, event_id, stream, publishes, event, anomaly=anomaly))
             )
         return results
+
+    def _shadow(
+        self,
+        stream: str,
+        items: list[tuple[int, str, str, dict[str, Any]]],
+        rows: npt.NDArray[np.float32],
+        serving: npt.NDArray[np.float64],
+        serving_s: float,
+    ) -> list[dict[str, Any] | None] | None:
+        """The stream's second model on the rows the serving one scored; figures recorded."""
+        other = self.shadows.get(stream)
+        if other is None:
+            return None
+        started = time.perf_counter()
+        figures = self.shadow_figures.setdefault(stream, ShadowFigures())
+        served = self.models[stream].manifest
+        try:
+            ok, own = list(range(len(items))), rows
+            if other.manifest.features != served.features:
+                own, rejections = other.manifest.features.vectorize([it[3] for it in items])
+                refused = {r.index for r in rejections}
+                ok = [j for j in ok if j not in refused]
+                own = own[ok]
+            inputs = other.windows.push([items[j][1] for j in ok], own)
+            values = other.scorer.score(inputs).scores.astype(np.float64)
+        except Exception:  # noqa: BLE001 - a model under test must never stop serving
+            figures.shadow_errors += len(items)
+            figures.shadow_s += time.perf_counter() - started
+            return None
+        alerts = values >= other.manifest.score.threshold
+        paired = serving[ok]
+        figures.events += len(ok)
+        figures.shadow_errors += len(items) - len(ok)
+        figures.serving_alerts += int((paired >= served.score.threshold).sum())
+        figures.shadow_alerts += int(alerts.sum())
+        figures.serving_s += serving_s
+        figures.serving_scores = np.concatenate((figures.serving_scores, paired))
+        figures.shadow_scores = np.concatenate((figures.shadow_scores, values))
+        out: list[dict[str, Any] | None] = [None] * len(items)
+        model = {"name": other.manifest.name, "version": other.manifest.version}
+        for j, score, anomaly in zip(ok, np.round(values, 6).tolist(), alerts.tolist(),
+                                     strict=True):  # fmt: skip
+            out[j] = {"model": model, "score": score, "anomaly": anomaly}
+        figures.shadow_s += time.perf_counter() - started
+        return out
 
     def _reject(  # noqa: PLR0917 - a private helper with one call shape
         self,

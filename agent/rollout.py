@@ -68,6 +68,8 @@ TransitionKind = Literal[
     "instructed",
     "ignored",
     "deferred",
+    "instruction_refused",  # announced by the service; the machine never decides these
+    "instruction_failed",
 ]
 
 
@@ -416,6 +418,11 @@ class Rollout:
         return self._decide("rolled_back", bad, reference,
                             "on probation: " + "; ".join(verdict.failures),
                             verdict.figures)  # fmt: skip
+
+    def drop_candidate(self, reason: str) -> Decision:
+        """The service could not run the candidate at all (e.g. it does not load): rejected."""
+        figures = {"errors": 1}
+        return self._reject(Verdict(False, (reason,), figures))
 
     def resume_probation(self, now: float, overrides: Mapping[str, Any] | None = None) -> None:
         """After a restart on probation: judge again from scratch, previous[0] the reference."""

@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -23,8 +24,17 @@ import paho.mqtt.client as paho
 from agent.acks import AckTracker, Publish
 from agent.metrics import AgentMetrics
 from agent.pipeline import Inbound, Limits, Outcome, Pipeline, StreamModel
-from agent.settings import AgentSettings
+from agent.rollout import Decision, Phase, Rollout, Version
+from agent.settings import AgentSettings, StreamSettings
+from agent.store import ModelStore
 from models.bundle import Bundle, BundleError, load_bundle, load_trusted_keys, verify_bundle
+from models.instructions import (
+    InstructionError,
+    ServeInstruction,
+    instruction_key,
+    verify_instruction,
+)
+from plumbing.errors import EdgewatchError
 from plumbing.events import Topics, dumps
 from plumbing.lifecycle import sd_notify
 from plumbing.metrics import serve_metrics
@@ -34,6 +44,32 @@ log = logging.getLogger(__name__)
 
 _STOP = object()
 OUTPUTS_PER_RAW = 2  # a scored event and an alert (or one dead-letter)
+
+
+@dataclass
+class _Stream:
+    """The service's side of one stream's rollout: what the state machine does not hold."""
+
+    name: str  # the model name (bundle files, instructions)
+    rollout: Rollout
+    candidate: tuple[Bundle, bytes] | None = None  # in shadow, stored once promoted
+    pending: tuple[Bundle, bytes] | None = None  # offered on probation, offered again after
+    instruction_at: float = 0.0  # issued_at of the last instruction followed
+    last_ignored: Decision | None = None
+    last_transition: dict[str, Any] | None = None
+
+
+def _version(bundle: Bundle) -> Version:
+    return Version(bundle.manifest.version, bundle.sha256)
+
+
+def _number(version: Version | None) -> int | None:
+    return None if version is None else version.number
+
+
+def _overrides(bundle: Bundle) -> dict[str, Any]:
+    rollout = bundle.manifest.rollout
+    return {} if rollout is None else rollout.rules.model_dump()
 
 
 class AgentService:
@@ -50,17 +86,22 @@ class AgentService:
         self.tracker = AckTracker()
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_capacity)
         self._intake_open = threading.Event()
-        self._pending_models: dict[str, tuple[bytes, Any]] = {}
+        # Bundles and instructions by (kind, stream), latest wins, applied between batches.
+        self._pending_models: dict[tuple[str, str], tuple[bytes, Any]] = {}
         self._models_lock = threading.Lock()
-        self._model_topics = {
-            self.topics.model(s.model): name
-            for name, s in settings.streams.items()
-            if s.model is not None
-        }
+        self._model_topics: dict[str, tuple[str, str]] = {}
+        for name, s in settings.streams.items():
+            if s.model is not None:
+                self._model_topics[self.topics.model(s.model)] = ("bundle", name)
+                self._model_topics[self.topics.model(instruction_key(s.model))] = (
+                    "instruction", name)  # fmt: skip
         self._evictions_seen: dict[str, int] = {}
-        for stream, config in settings.streams.items():
-            if config.bundle is not None:
-                self._install(stream, load_bundle(config.bundle, self.trusted))
+        self.rules = settings.rollout.rules.rules()
+        self.store = ModelStore(settings.rollout.state_dir, settings.rollout.keep_bundles,
+                                self.trusted)  # fmt: skip
+        if settings.rollout.state_dir is None:
+            log.warning("rollout.state_dir is unset: promotions are not kept across restarts")
+        self.rollouts: dict[str, _Stream] = {}
         self.status_topic = self.topics.status(settings.node_id, "agent")
         subscriptions = [
             (self.topics.event_filter("raw", stream), 1) for stream in settings.streams
@@ -83,16 +124,18 @@ class AgentService:
             max_inflight=0,
         )
         self.output.add_connect_listener(self._publish_status)
+        for stream, config in settings.streams.items():
+            self._restore(stream, config)  # may announce: paho queues until connected
         self.max_unacked = settings.mqtt.receive_maximum
         self._worker = threading.Thread(target=self._work, name="agent-worker", daemon=True)
 
     # -- paho network thread ---------------------------------------------------------------------
     def _on_message(self, msg: paho.MQTTMessage) -> None:
         token = (msg.mid, self.intake.generation)
-        stream = self._model_topics.get(msg.topic)
-        if stream is not None:
+        control = self._model_topics.get(msg.topic)
+        if control is not None:
             with self._models_lock:
-                self._pending_models[stream] = (bytes(msg.payload), token)
+                self._pending_models[control] = (bytes(msg.payload), token)
             return
         if not self._intake_open.is_set():
             return  # shutting down: left unacked, the broker redelivers after restart
@@ -196,6 +239,8 @@ class AgentService:
             inbound = outcome.inbound
             self._publish_tracked(inbound.token, inbound.received, outcome.publishes)
         self._count(outcomes)
+        if self.pipeline.shadow_figures:
+            self._observe()
 
     def _count(self, outcomes: list[Outcome]) -> None:
         """Metrics once per batch: label lookups per message would cost more than scoring."""
@@ -223,15 +268,63 @@ class AgentService:
         for stream, n in anomalies.items():
             m.anomalies.labels(stream).inc(n)
 
-    # -- models ----------------------------------------------------------------------------------
-    def _install(self, stream: str, bundle: Bundle) -> None:
+    # -- models and rollout (worker thread, between batches) ------------------------------------
+    def _restore(self, stream: str, config: StreamSettings) -> None:
+        """Serve what was promoted before a restart; else the configured file (a configured
+        file newer than that becomes a candidate, like any newer release)."""
+        keep = self.settings.rollout.keep_bundles
+        configured = None
+        if config.bundle is not None:
+            bundle = load_bundle(config.bundle, self.trusted)
+            configured = (bundle, config.bundle.read_bytes())
+        state = self.store.load_state(stream) or {}
+        name = state.get("model") or config.model or (configured[0].manifest.name
+                                                      if configured else stream)  # fmt: skip
+        entry = _Stream(name, Rollout(self.rules, max_previous=keep - 1))
+        self.rollouts[stream] = entry
+        active = state.get("active")
+        stored = self.store.get(name, active["number"], active["sha256"]) if active else None
+        if active and stored is None:
+            log.error("stream %s: stored v%s does not verify; falling back", stream,
+                      active["number"])  # fmt: skip
+        if stored is not None:
+            bundle, _ = stored
+            entry.rollout = Rollout(
+                self.rules, active=_version(bundle), max_previous=keep - 1,
+                previous=[Version(v["number"], v["sha256"]) for v in state.get("previous", [])],
+                rolled_back=state.get("rolled_back", ()), rejected=state.get("rejected", ()),
+            )  # fmt: skip
+            entry.instruction_at = float(state.get("instruction_at", 0.0))
+            self._serve(stream, StreamModel(bundle, self.settings.max_devices))
+            log.info("stream %s: serving %s as promoted before (not the configured file)",
+                     stream, bundle.label)  # fmt: skip
+            if state.get("probation"):
+                self._resume_probation(stream, entry, bundle)
+        if configured is not None:
+            self._offer(stream, *configured)
+
+    def _resume_probation(self, stream: str, entry: _Stream, bundle: Bundle) -> None:
+        reference = entry.rollout.previous[0] if entry.rollout.previous else None
+        found = self.store.get(entry.name, *reference) if reference else None
+        if found is None:
+            log.warning("stream %s: no previous bundle to resume probation with", stream)
+            return
+        entry.rollout.resume_probation(time.monotonic(), _overrides(bundle))
+        self.pipeline.shadows[stream] = StreamModel(found[0], self.settings.max_devices)
+
+    def _serve(self, stream: str, model: StreamModel) -> None:
+        """Make ``model`` the one that serves ``stream`` (between batches)."""
+        bundle = model.bundle
         if bundle.manifest.stream != stream:
             log.warning("bundle %s is for stream %r, serving it on %r",
                         bundle.label, bundle.manifest.stream, stream)  # fmt: skip
         old = self.pipeline.models.get(stream)
-        model = StreamModel(bundle, self.settings.max_devices)
-        if old is not None and old.manifest.features == model.manifest.features:
-            model.windows = old.windows  # same inputs: keep the devices' history
+        if (
+            old is not None
+            and old.manifest.features == model.manifest.features
+            and not len(model.windows)
+        ):
+            model.windows = old.windows  # same inputs, no history of its own: keep the devices'
         self.pipeline.models[stream] = model
         self.metrics.model_info.clear()
         for name, m in self.pipeline.models.items():
@@ -243,8 +336,11 @@ class AgentService:
     def _apply_model_updates(self) -> None:
         with self._models_lock:
             updates, self._pending_models = self._pending_models, {}
-        for stream, (data, token) in updates.items():
-            self._consider(stream, data)
+        for (kind, stream), (data, token) in updates.items():
+            if kind == "bundle":
+                self._consider(stream, data)
+            else:
+                self._instruction(stream, data)
             self.intake.ack(*token)
         for stream, model in self.pipeline.models.items():
             evicted = model.windows.evictions
@@ -262,17 +358,164 @@ class AgentService:
             return
         try:
             bundle = verify_bundle(data, self.trusted)
-            current = self.pipeline.models.get(stream)
-            if current is not None and bundle.manifest.version <= current.manifest.version:
-                if bundle.sha256 != current.bundle.sha256:
-                    log.info("ignoring %s: not newer than %s", bundle.label, current.bundle.label)
-                return
-            self._install(stream, bundle)
         except (BundleError, ValueError) as exc:
             self.metrics.model_rejected.labels(type(exc).__name__).inc()
             log.error("refused model bundle for stream %s: %s", stream, exc)
             return
+        self._offer(stream, bundle, data)
+
+    def _offer(self, stream: str, bundle: Bundle, data: bytes) -> None:
+        """A verified bundle: for this box's cohort, the rollout decides what happens."""
+        entry = self.rollouts[stream]
+        rollout = bundle.manifest.rollout
+        cohort = rollout.cohort if rollout is not None else None
+        if cohort is not None and not cohort.includes(self.settings.node_id):
+            why = f"node not in the release's cohort ({cohort.model_dump(exclude_none=True)})"
+            active = entry.rollout.active
+            self._carry_out(stream, Decision("ignored", active, _version(bundle), why))
+            return
+        decision = entry.rollout.offer(_version(bundle), time.monotonic(), _overrides(bundle))
+        if decision.kind == "deferred":
+            entry.pending = (bundle, data)
+        self._carry_out(stream, decision, (bundle, data))
+
+    def _observe(self) -> None:
+        """Feed the last batch's two-model figures to each stream's rollout."""
+        for stream, figures in self.pipeline.shadow_figures.items():
+            self.metrics.shadow_events.labels(stream).inc(figures.events)
+            if figures.shadow_errors:
+                self.metrics.shadow_errors.labels(stream).inc(figures.shadow_errors)
+            decision = self.rollouts[stream].rollout.observe(figures, time.monotonic())
+            if decision is not None:
+                self._carry_out(stream, decision)
+
+    def _carry_out(self, stream: str, decision: Decision,
+                   offered: tuple[Bundle, bytes] | None = None) -> None:  # fmt: skip
+        """Do what the rollout decided (swaps happen here, between two batches)."""
+        entry, kind, pipeline = self.rollouts[stream], decision.kind, self.pipeline
+        if kind == "installed" and offered is not None:
+            self.store.put(*offered)
+            self._serve(stream, StreamModel(offered[0], self.settings.max_devices))
+        elif kind == "shadow_started" and offered is not None:
+            try:
+                pipeline.shadows[stream] = StreamModel(offered[0], self.settings.max_devices)
+            except EdgewatchError as exc:
+                pipeline.shadows.pop(stream, None)
+                decision = entry.rollout.drop_candidate(f"does not load: {exc}")
+            else:
+                entry.candidate = offered
+        elif kind == "promoted":
+            new, old = pipeline.shadows.pop(stream), pipeline.models[stream]
+            if entry.candidate is not None:
+                self.store.put(*entry.candidate)
+            entry.candidate = None
+            self._serve(stream, new)
+            if entry.rollout.beside is not None:
+                pipeline.shadows[stream] = old  # the reference while on probation
+        elif kind == "rolled_back":
+            self._serve(stream, pipeline.shadows.pop(stream))
+        elif kind in ("rejected", "probation_passed"):
+            pipeline.shadows.pop(stream, None)
+            entry.candidate = None
+        self._announce(stream, decision)
+        if entry.rollout.phase is Phase.SERVING and entry.pending is not None:
+            pending, entry.pending = entry.pending, None
+            self._offer(stream, *pending)
+
+    def _instruction(self, stream: str, data: bytes) -> None:
+        """A "serve version V" instruction from the centre, verified here."""
+        if not data:
+            return
+        try:
+            instruction = verify_instruction(data, self.trusted)
+        except InstructionError as exc:
+            self._refuse(stream, exc.reason, str(exc))
+            return
+        if self._to_follow(stream, instruction):
+            self._follow(stream, instruction)
+
+    def _to_follow(self, stream: str, instruction: ServeInstruction) -> bool:
+        entry = self.rollouts[stream]
+        if instruction.model != entry.name:
+            self._refuse(stream, "other_model", f"for model {instruction.model}, not {entry.name}")
+            return False
+        if instruction.issued_at < entry.instruction_at:
+            self._refuse(stream, "stale", "older than the last instruction followed")
+            return False
+        # Not for this box, or the retained instruction seen again: nothing to do.
+        fresh = instruction.issued_at != entry.instruction_at
+        return fresh and instruction.applies_to(self.settings.node_id)
+
+    def _follow(self, stream: str, instruction: ServeInstruction) -> None:
+        entry = self.rollouts[stream]
+        entry.instruction_at = instruction.issued_at
+        found = self._find(stream, instruction.version)
+        if found is None:
+            why = f"v{instruction.version} is not in the local store"
+            self._announce(stream, Decision("instruction_failed", entry.rollout.active, None, why))
+            return
+        decision = entry.rollout.instruct(_version(found[0]), time.monotonic(),
+                                          instruction.reason)  # fmt: skip
+        if decision.kind != "ignored":
+            self.store.put(*found)
+            self.pipeline.shadows.pop(stream, None)
+            entry.candidate = entry.pending = None
+            self._serve(stream, StreamModel(found[0], self.settings.max_devices))
+        self._announce(stream, decision)
+
+    def _find(self, stream: str, version: int) -> tuple[Bundle, bytes] | None:
+        entry = self.rollouts[stream]
+        if entry.candidate is not None and entry.candidate[0].manifest.version == version:
+            return entry.candidate
+        return self.store.get(entry.name, version)
+
+    def _refuse(self, stream: str, reason: str, detail: str) -> None:
+        self.metrics.instructions_refused.labels(reason).inc()
+        log.error("refused instruction for stream %s: %s", stream, detail)
+        active = self.rollouts[stream].rollout.active
+        self._announce(stream, Decision("instruction_refused", active, None, detail,
+                                        {"refusal": reason}))  # fmt: skip
+
+    def _announce(self, stream: str, decision: Decision) -> None:
+        """Persist the state if it changed, publish the transition and the status."""
+        entry = self.rollouts[stream]
+        if decision.quiet or (decision.kind == "ignored" and decision == entry.last_ignored):
+            return
+        if decision.kind == "ignored":
+            entry.last_ignored = decision  # a retained bundle comes again on every reconnect
+        else:
+            state = {"model": entry.name, "instruction_at": entry.instruction_at,
+                     **entry.rollout.state()}  # fmt: skip
+            self.store.save_state(stream, entry.name, state)
+        self.metrics.rollout_transitions.labels(stream, decision.kind).inc()
+        document = {
+            "node": self.settings.node_id,
+            "stream": stream,
+            "model": entry.name,
+            "kind": decision.kind,
+            "from_version": _number(decision.from_version),
+            "to_version": _number(decision.to_version),
+            "reason": decision.reason,
+            "figures": decision.figures,
+            "at": time.time(),
+            **self._rollout_view(stream),
+        }
+        kept = ("kind", "from_version", "to_version", "reason", "at")
+        entry.last_transition = {k: document[k] for k in kept}
+        log.info("stream %s: %s %s -> %s: %s", stream, decision.kind, decision.from_version,
+                 decision.to_version, decision.reason)  # fmt: skip
+        topic = self.topics.rollout(self.settings.node_id, stream)
+        self._publish_tracked(None, time.monotonic(), [(topic, dumps(document))])
         self._publish_status()
+
+    def _rollout_view(self, stream: str) -> dict[str, Any]:
+        rollout = self.rollouts[stream].rollout
+        return {
+            "state": rollout.phase.value,
+            "active": _number(rollout.active),
+            "candidate": _number(rollout.shadow_candidate),
+            "previous": [v.number for v in rollout.previous],
+        }
 
     # -- status and lifecycle --------------------------------------------------------------------
     def _status(self, state: str) -> bytes:
@@ -283,6 +526,16 @@ class AgentService:
                 "state": state,
                 "at": time.time(),
                 "models": {s: m.info for s, m in self.pipeline.models.items()},
+                "rollout": {
+                    stream: {
+                        "model": entry.name,
+                        **self._rollout_view(stream),
+                        "rolled_back": sorted(entry.rollout.rolled_back),
+                        "rejected": sorted(entry.rollout.rejected),
+                        "last_transition": entry.last_transition,
+                    }
+                    for stream, entry in self.rollouts.items()
+                },
             }
         )
 

@@ -7,6 +7,7 @@ from typing import ClassVar, Self
 
 from pydantic import Field, model_validator
 
+from agent.rollout import Rules
 from plumbing.settings import MqttSettings, ServiceSettings, StrictModel
 
 STREAM_NAME = r"^[A-Za-z0-9_-]{1,64}$"
@@ -21,8 +22,10 @@ class StreamSettings(StrictModel):
     model: str | None = Field(
         None,
         pattern=STREAM_NAME,
-        description="Model name whose retained bundle on '{prefix}/models/{model}' replaces "
-        "the current one whenever a newer, validly signed version arrives.",
+        description="Model name whose retained bundle on '{prefix}/models/{model}' is "
+        "followed: a newer, validly signed version for this box's cohort is shadowed, then "
+        "promoted or rejected by the rollout rules; '{prefix}/models/{model}--serve' carries "
+        "signed instructions from the centre.",
     )
 
     @model_validator(mode="after")
@@ -30,6 +33,112 @@ class StreamSettings(StrictModel):
         if self.bundle is None and self.model is None:
             raise ValueError("set bundle, model, or both")
         return self
+
+
+_RULES = Rules()  # the defaults below are the state machine's own
+
+
+class RolloutRulesSettings(StrictModel):
+    """When a candidate is promoted, rejected or rolled back (a bundle may override each)."""
+
+    shadow_events: int = Field(
+        _RULES.shadow_events,
+        ge=0,
+        description="A candidate scores at least this many events in shadow before it is "
+        "judged: 2,000 puts a 1 % alert rate's count near 20, enough to see a 2x change.",
+    )
+    shadow_s: float = Field(
+        _RULES.shadow_s,
+        ge=0,
+        description="...and spends at least this many seconds in shadow (10 minutes: a "
+        "burst of one device does not decide alone). Both minimums must be reached.",
+    )
+    probation_events: int = Field(
+        _RULES.probation_events,
+        ge=0,
+        description="After promotion the previous model keeps scoring beside it for at "
+        "least this many events; 0 with probation_s 0 turns probation off.",
+    )
+    probation_s: float = Field(
+        _RULES.probation_s, ge=0, description="...and at least this many seconds (30 min)."
+    )
+    check_events: int = Field(
+        _RULES.check_events,
+        ge=1,
+        description="On probation the rules are checked every this many events, so a model "
+        "that turns bad is rolled back within one check window.",
+    )
+    alert_rate_ratio_max: float = Field(
+        _RULES.alert_rate_ratio_max,
+        gt=0,
+        description="Highest candidate alert rate, as a multiple of the current one's "
+        "(plus alert_rate_slack): twice the alerts means twice the analysts' work.",
+    )
+    alert_rate_ratio_min: float = Field(
+        _RULES.alert_rate_ratio_min,
+        ge=0,
+        description="Lowest candidate alert rate, as a multiple of the current one's (minus "
+        "alert_rate_slack): a model that goes quiet misses what the current one finds.",
+    )
+    alert_rate_slack: float = Field(
+        _RULES.alert_rate_slack,
+        ge=0,
+        le=1,
+        description="Absolute widening of the band (1 point), so that rates near zero do "
+        "not fail on a handful of alerts.",
+    )
+    min_rank_correlation: float = Field(
+        _RULES.min_rank_correlation,
+        ge=-1,
+        le=1,
+        description="Least Spearman correlation of the two models' scores: a retrained "
+        "model should order events much as the current one does (a retrain of the same "
+        "data measured above 0.95 here; unrelated scores are near 0).",
+    )
+    batch_latency_budget_ms: float = Field(
+        _RULES.batch_latency_budget_ms,
+        gt=0,
+        description="Highest 95th percentile of the new model's time per batch. A 64-row "
+        "batch takes well under 1 ms on the dev box; 50 ms leaves room for a slow box "
+        "shared with other work, and still stops a model 50x too heavy.",
+    )
+    max_errors: int = Field(
+        _RULES.max_errors,
+        ge=0,
+        description="Rows the new model may fail on (inference errors, inputs its feature "
+        "spec refuses that the current one accepts): none.",
+    )
+    rank_sample: int = Field(
+        _RULES.rank_sample,
+        ge=16,
+        le=1_000_000,
+        description="Score pairs and batch times kept per window (a uniform reservoir "
+        "sample): bounds memory at 16 bytes per pair whatever the window's length.",
+    )
+
+    def rules(self) -> Rules:
+        return Rules(**self.model_dump())
+
+
+class RolloutSettings(StrictModel):
+    """Safe model changes: shadow, promotion, probation, rollback, kept across restarts."""
+
+    state_dir: Path | None = Field(
+        None,
+        description="Where the last few verified bundles and each stream's rollout state "
+        "are kept (the agent serves what was promoted after a restart, and rolls back "
+        "without the network). Unset: kept in memory only, lost on restart.",
+    )
+    keep_bundles: int = Field(
+        4,
+        ge=2,
+        le=32,
+        description="Bundles kept per model: the active one and up to keep_bundles - 1 "
+        "previous ones to roll back to (each a few tens of KB for the shipped models).",
+    )
+    rules: RolloutRulesSettings = Field(
+        default_factory=RolloutRulesSettings, description="Promotion and rollback rules."
+    )
 
 
 class AgentMqttSettings(MqttSettings):
@@ -97,6 +206,9 @@ class AgentSettings(ServiceSettings):
     )
     drain_timeout_s: float = Field(
         10.0, gt=0, description="On shutdown, how long to wait for in-flight messages."
+    )
+    rollout: RolloutSettings = Field(
+        default_factory=RolloutSettings, description="Model rollout on this box."
     )
 
     @model_validator(mode="after")

@@ -35,6 +35,7 @@ DEFAULT_ROUTES = (
     Route(filter="+/alerts/+", kind="alerts", topic="edge.alerts"),
     Route(filter="+/deadletter/+", kind="deadletter", topic="edge.deadletter"),
     Route(filter="+/status/+", kind="status", topic="edge.status", key="{device}/{stream}"),
+    Route(filter="+/rollout/+", kind="rollout", topic="edge.rollouts", key="{device}/{stream}"),
 )
 
 

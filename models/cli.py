@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args
 
-from models import signing
+from models import fleet, signing
 from models.bundle import (
     BUNDLE_SUFFIX,
     BundleError,
@@ -330,6 +330,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--topic", default="edge.models")
     publish.add_argument("--trusted-keys", type=Path, default=DEV_PUBLIC_KEY)
     publish.set_defaults(run=cmd_publish)
+    fleet.add_parsers(sub)  # fleet, serve-version
     signing.add_commands(sub)
     return parser
 

@@ -50,6 +50,10 @@ class Topics:
     def model(self, name: str) -> str:
         return f"{self.prefix}/models/{name}"
 
+    def rollout(self, node: str, stream: str) -> str:
+        """Where a box announces each model rollout transition of a stream."""
+        return f"{self.prefix}/{node}/rollout/{stream}"
+
     def parse(self, topic: str) -> TopicParts | None:
         """Split an event or status topic; None when it is not one of ours."""
         parts = topic.split("/")

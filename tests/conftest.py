@@ -35,11 +35,17 @@ def stack_module() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, stack_module: ModuleType) -> Iterator[object]:
-    """Mosquitto and Kafka on free loopback ports, started once for the whole run."""
+def stack(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    stack_module: ModuleType,
+) -> Iterator[object]:
+    """Mosquitto and Kafka on free loopback ports, started once for the whole run (and the
+    central engine beside them when the run selected a `central` test: its JVMs then start
+    while Kafka does)."""
     directory = tmp_path_factory.mktemp("stack")
     instance = stack_module.Stack(directory)
-    instance.up()
+    instance.up(central=any(item.get_closest_marker("central") for item in request.session.items))
     yield instance
     instance.destroy()
 

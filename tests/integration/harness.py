@@ -110,6 +110,7 @@ class Collector:
 
     def __init__(self, port: int, filters: list[str]) -> None:
         self.messages: list[tuple[str, bytes]] = []
+        self.arrived: list[float] = []  # time.monotonic() of each message, in step
         self._lock = threading.Lock()
         self.connection = MqttConnection(
             MqttSettings(port=port, session_expiry_s=10), f"collector-{uuid.uuid4().hex[:8]}",
@@ -119,6 +120,7 @@ class Collector:
     def _on_message(self, msg: paho.MQTTMessage) -> None:
         with self._lock:
             self.messages.append((msg.topic, bytes(msg.payload)))
+            self.arrived.append(time.monotonic())
 
     def __enter__(self) -> Collector:
         self.connection.start()
@@ -137,14 +139,22 @@ class Collector:
         with self._lock:
             return sum(1 for t, _ in self.messages if t.split("/")[2] == kind)
 
+    def arrivals(self, kind: str) -> list[float]:
+        """When each message of ``kind`` arrived (monotonic seconds)."""
+        with self._lock:
+            items = list(zip(self.messages, self.arrived, strict=True))
+        return [at for (t, _), at in items if t.split("/")[2] == kind]
+
 
 def agent_config(
-    tmp_path: Path, port: int, prefix: str, *, streams: str | None = None, extra: str = ""
-) -> Path:
+    tmp_path: Path, port: int, prefix: str, *, streams: str | None = None, extra: str = "",
+    node: str | None = None,
+) -> Path:  # fmt: skip
+    """``extra``: top-level keys, then any tables (e.g. [rollout]) before [mqtt]."""
     streams = streams or f'[streams.payments]\nbundle = "{BUNDLES / "payments-fraud.ewb"}"\n'
     path = tmp_path / f"agent-{uuid.uuid4().hex[:6]}.toml"
     path.write_text(
-        f'node_id = "node-{prefix}"\ntrusted_keys = "{DEV_KEY}"\n{extra}\n'
+        f'node_id = "{node or "node-" + prefix}"\ntrusted_keys = "{DEV_KEY}"\n{extra}\n'
         f'[mqtt]\nport = {port}\ntopic_prefix = "{prefix}"\nclient_id = "agent-{prefix}"\n'
         f"{streams}"
     )
@@ -173,6 +183,15 @@ def publish_all(port: int, items: list[tuple[str, bytes]], rate: float | None = 
     connection.stop()
 
 
+def publish_retained(port: int, topic: str, payload: bytes) -> None:
+    """One retained QoS 1 publish (an empty payload clears the retained message)."""
+    connection = MqttConnection(MqttSettings(port=port, session_expiry_s=0),
+                                f"pub-{uuid.uuid4().hex[:8]}")  # fmt: skip
+    connection.start()
+    connection.publish_and_wait(topic, payload, retain=True)
+    connection.stop()
+
+
 def bridge_config(
     tmp_path: Path,
     mqtt_port: int,
@@ -182,16 +201,21 @@ def bridge_config(
     spool: str = "",
     extra: str = "",
     metrics_port: int | None = None,
+    node: str | None = None,
+    kafka_prefix: str | None = None,
+    spool_name: str | None = None,
 ) -> Path:
-    """A bridge of its own: unique client id, spool file and Kafka topic names per test."""
+    """A bridge of its own: unique client id, spool file and Kafka topic names per test
+    (``t.{prefix}.*``, or ``{kafka_prefix}.*`` for boxes that share topics)."""
     path = tmp_path / f"bridge-{uuid.uuid4().hex[:6]}.toml"
-    topic = f"t.{prefix}"
+    topic = kafka_prefix or f"t.{prefix}"
+    node = node or f"node-{prefix}"
     metrics = f"metrics_port = {metrics_port}\n" if metrics_port else ""
     path.write_text(
-        f'node_id = "node-{prefix}"\n{metrics}deadletter_topic = "{topic}.deadletter"\n{extra}\n'
+        f'node_id = "{node}"\n{metrics}deadletter_topic = "{topic}.deadletter"\n{extra}\n'
         f'[mqtt]\nport = {mqtt_port}\ntopic_prefix = "{prefix}"\nclient_id = "bridge-{prefix}"\n'
         f'[kafka]\nbootstrap_servers = "{bootstrap}"\n'
-        f'[spool]\npath = "{tmp_path / "spool.db"}"\n{spool}\n'
+        f'[spool]\npath = "{tmp_path / (spool_name or "spool.db")}"\n{spool}\n'
         f'[models]\nkafka_topic = "{topic}.models"\n'
         f'[[routes]]\nfilter = "+/raw/+"\nkind = "raw"\ntopic = "{topic}.raw.{{stream}}"\n'
         "json_event = false\n"
@@ -200,6 +224,8 @@ def bridge_config(
         f'[[routes]]\nfilter = "+/deadletter/+"\nkind = "deadletter"\n'
         f'topic = "{topic}.deadletter"\n'
         f'[[routes]]\nfilter = "+/status/+"\nkind = "status"\ntopic = "{topic}.status"\n'
+        'key = "{device}/{stream}"\n'
+        f'[[routes]]\nfilter = "+/rollout/+"\nkind = "rollout"\ntopic = "{topic}.rollouts"\n'
         'key = "{device}/{stream}"\n'
     )
     return path

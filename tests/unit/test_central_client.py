@@ -269,3 +269,10 @@ def test_overview_lists_jobs_newest_first_with_liveness() -> None:
     jobs = decode_overview(body)
     assert [job.job_id for job in jobs] == ["b2", "a1"]
     assert [job.alive for job in jobs] == [True, False]
+
+
+def test_the_example_central_toml_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    from models.central.cli import main
+
+    example = REPO_JOBS.parents[0] / "config" / "central.toml"
+    assert main(["validate-config", str(example)]) == 0, capsys.readouterr().out

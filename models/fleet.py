@@ -1,0 +1,272 @@
+"""The fleet's model rollout, centrally: ``edgewatch-models fleet`` and ``serve-version``.
+
+``fleet`` reads ``{prefix}.status`` (the boxes' retained statuses, forwarded by their
+bridges; compacted, key ``{node}/{service}``) and ``{prefix}.rollouts`` (every rollout
+transition a box announced, with the figures that decided it) from their beginning to the
+end they had when reading started (:func:`models.kafka_read.read_to_end`), and folds them
+into one row per box: per stream the active, candidate and previous versions, the rollout
+state, the last transition and why, and when the box was last heard of. The folding
+(:func:`fleet_view`) has no I/O; the newest of a box's status and transitions wins, by the
+time the box stamped on it.
+
+``serve-version`` signs a "serve version V of model M" instruction
+(:mod:`models.instructions`) and publishes it on ``{prefix}.models`` under the key
+``{model}--serve``; every bridge republishes it retained, every box verifies it.
+
+Both read ``central.toml``: ``[kafka]`` for the cluster and ``topic_prefix`` of
+``[central]`` for the topic names (``edge`` by default); nothing of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from plumbing.settings import KafkaSettings, ServiceSettings
+
+STALE_AFTER_S = 120.0  # a box silent longer than this is marked stale
+
+
+class FleetConfig(ServiceSettings):
+    """``central.toml`` as far as the fleet view reads it."""
+
+    service_name: ClassVar[str] = "fleet"
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Central Kafka.")
+    central: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The stream SQL engine ([central]); only topic_prefix is read here.",
+    )
+    retrain: dict[str, Any] = Field(
+        default_factory=dict, description="Retraining ([retrain]); only models_topic is read."
+    )
+
+    def topic(self, name: str) -> str:
+        return f"{self.central.get('topic_prefix', 'edge')}.{name}"
+
+    @property
+    def models_topic(self) -> str:
+        return str(self.retrain.get("models_topic") or self.topic("models"))
+
+
+@dataclass
+class StreamView:
+    model: str | None = None
+    state: str = "serving"
+    active: int | None = None
+    candidate: int | None = None
+    previous: list[int] = field(default_factory=list)
+    last: dict[str, Any] | None = None  # kind, from_version, to_version, reason, at, figures
+    at: float = 0.0  # the box's time of what this view was taken from
+
+
+@dataclass
+class BoxView:
+    node: str
+    agent: str = "unknown"  # online / offline, from the agent's status
+    last_seen: float = 0.0
+    streams: dict[str, StreamView] = field(default_factory=dict)
+
+
+def fleet_view(
+    statuses: Iterable[tuple[float, dict[str, Any]]],
+    transitions: Iterable[tuple[float, dict[str, Any]]],
+) -> list[BoxView]:
+    """One view per node from (Kafka timestamp in s, document) pairs, sorted by node."""
+    boxes: dict[str, BoxView] = {}
+
+    def box(node: str, seen: float) -> BoxView:
+        view = boxes.setdefault(node, BoxView(node))
+        view.last_seen = max(view.last_seen, seen)
+        return view
+
+    for stamp, doc in statuses:
+        node = doc.get("node")
+        if not isinstance(node, str):
+            continue
+        at = float(doc.get("at") or stamp)
+        view = box(node, max(at, stamp))
+        if doc.get("service") != "agent":
+            continue
+        view.agent = str(doc.get("state", "unknown"))
+        for stream, info in (doc.get("rollout") or {}).items():
+            _update(view, stream, info, at, info.get("last_transition"))
+        for stream, info in (doc.get("models") or {}).items():  # agents without rollout
+            if stream not in view.streams:
+                view.streams[stream] = StreamView(info.get("name"), active=info.get("version"))
+    for stamp, doc in transitions:
+        node, stream = doc.get("node"), doc.get("stream")
+        if not isinstance(node, str) or not isinstance(stream, str):
+            continue
+        at = float(doc.get("at") or stamp)
+        last = {
+            k: doc.get(k) for k in ("kind", "from_version", "to_version", "reason", "at", "figures")
+        }
+        _update(box(node, max(at, stamp)), stream, doc, at, last)
+    return [boxes[node] for node in sorted(boxes)]
+
+
+def _update(
+    view: BoxView, stream: str, info: dict[str, Any], at: float, last: dict[str, Any] | None
+) -> None:
+    """The newer snapshot of versions and state wins; so does the newer last transition
+    (the transition record itself over the status' copy of it, which has no figures)."""
+    current = view.streams.setdefault(stream, StreamView())
+    if at >= current.at:
+        current.model = info.get("model", current.model)
+        current.state = str(info.get("state", current.state))
+        current.active, current.candidate = info.get("active"), info.get("candidate")
+        current.previous = list(info.get("previous") or [])
+        current.at = at
+    if last is None:
+        return
+    when, known = last.get("at") or 0, (current.last or {}).get("at") or 0
+    if when > known or (when == known and "figures" in last):
+        current.last = last
+
+
+# -- rendering -----------------------------------------------------------------------------------
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(at)) if at else "-"
+
+
+def _v(number: int | None) -> str:
+    return "-" if number is None else f"v{number}"
+
+
+def _figures(figures: dict[str, Any] | None) -> str:
+    if not figures or "events" not in figures:
+        return ""
+    parts = [
+        f"{figures['events']} events",
+        f"alerts {figures.get('new_alert_rate')} vs {figures.get('old_alert_rate')}",
+    ]
+    if figures.get("rank_correlation") is not None:
+        parts.append(f"rank {figures['rank_correlation']}")
+    if figures.get("p95_batch_ms") is not None:
+        parts.append(f"p95 {figures['p95_batch_ms']} ms")
+    return " [" + ", ".join(parts) + "]"
+
+
+def describe_stream(stream: str, view: StreamView) -> str:
+    previous = ",".join(_v(v) for v in view.previous) or "-"
+    text = (
+        f"{stream}: {view.model or '?'} active {_v(view.active)} candidate "
+        f"{_v(view.candidate)} previous {previous} ({view.state})"
+    )
+    last = view.last
+    if last:
+        change = f"{_v(last.get('from_version'))}->{_v(last.get('to_version'))}"
+        text += (
+            f"; last {last.get('kind')} {change} at {_when(last.get('at') or 0)}: "
+            f"{last.get('reason')}{_figures(last.get('figures'))}"
+        )
+    return text
+
+
+def render(boxes: list[BoxView], now: float, stale_after_s: float = STALE_AFTER_S) -> str:
+    """One line per box: node, agent state, last seen, then each stream."""
+    width = max([len("NODE"), *(len(b.node) for b in boxes)])
+    lines = [f"{'NODE':<{width}}  {'AGENT':<8} {'LAST SEEN':<21} STREAMS"]
+    for b in boxes:
+        agent = b.agent if now - b.last_seen <= stale_after_s else f"{b.agent}?"
+        streams = " | ".join(describe_stream(s, v) for s, v in sorted(b.streams.items()))
+        lines.append(f"{b.node:<{width}}  {agent:<8} {_when(b.last_seen):<21} {streams or '-'}")
+    return "\n".join(lines)
+
+
+# -- commands ------------------------------------------------------------------------------------
+def read_fleet(config: FleetConfig, timeout_s: float = 30.0) -> list[BoxView]:
+    from models.kafka_read import read_to_end
+
+    def documents(topic: str) -> list[tuple[float, dict[str, Any]]]:
+        out = []
+        for record in read_to_end(config.kafka, topic, timeout_s):
+            try:
+                doc = json.loads(record.value or b"")
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                out.append((record.timestamp_ms / 1000, doc))
+        return out
+
+    return fleet_view(documents(config.topic("status")), documents(config.topic("rollouts")))
+
+
+def produce_durably(settings: KafkaSettings, topic: str, key: str, value: bytes) -> None:
+    """One record, acknowledged by every in-sync replica, or an error."""
+    from confluent_kafka import KafkaError, Message, Producer
+
+    from plumbing.errors import EdgewatchError
+    from plumbing.kafka import producer_config
+
+    producer = Producer(producer_config(settings, "edgewatch-models-fleet"))
+    errors: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+
+    producer.produce(topic, key=key.encode(), value=value, on_delivery=on_delivery)
+    if producer.flush(30) != 0 or errors:
+        raise EdgewatchError(f"publishing to {topic} failed: {errors or 'timeout'}")
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from plumbing.cli import require_settings
+
+    config = require_settings(FleetConfig, args.config)
+    boxes = read_fleet(config, args.timeout)
+    if args.json:
+        print(json.dumps([asdict(b) for b in boxes], indent=2))
+    else:
+        print(render(boxes, time.time(), args.stale_after))
+    return 0
+
+
+def cmd_serve_version(args: argparse.Namespace) -> int:
+    from models.bundle import load_private_key
+    from models.instructions import instruction_key, new_instruction, sign_instruction
+    from plumbing.cli import require_settings
+
+    config = require_settings(FleetConfig, args.config)
+    nodes = tuple(args.nodes.split(",")) if args.nodes else None
+    instruction = new_instruction(args.model, args.version, reason=args.reason, nodes=nodes)
+    data = sign_instruction(instruction, load_private_key(args.key))
+    produce_durably(config.kafka, config.models_topic, instruction_key(args.model), data)
+    print(
+        f"published: serve {args.model} v{args.version} on {', '.join(nodes or ['every box'])}"
+        f" ({config.models_topic}, key {instruction_key(args.model)})"
+    )
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """The ``fleet`` and ``serve-version`` subcommands of ``edgewatch-models``."""
+    fleet = sub.add_parser("fleet", help="per box: model versions, rollout state, last change")
+    fleet.add_argument("--config", type=Path, help="central.toml ([kafka], [central])")
+    fleet.add_argument("--json", action="store_true")
+    fleet.add_argument("--timeout", type=float, default=30.0, help="Kafka read limit, seconds")
+    fleet.add_argument(
+        "--stale-after",
+        type=float,
+        default=STALE_AFTER_S,
+        help="mark boxes not heard of for this many seconds with '?'",
+    )
+    fleet.set_defaults(run=cmd_fleet)
+
+    serve = sub.add_parser("serve-version", help="sign and publish 'serve version V of model M'")
+    serve.add_argument("--config", type=Path, help="central.toml ([kafka], [central])")
+    serve.add_argument("--model", required=True)
+    serve.add_argument("--version", type=int, required=True, help="older versions allowed")
+    serve.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM)")
+    serve.add_argument("--nodes", help="comma-separated node ids (default: every box)")
+    serve.add_argument("--reason", default="", help="shown in the fleet view")
+    serve.set_defaults(run=cmd_serve_version)
