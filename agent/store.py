@@ -61,7 +61,7 @@ class ModelStore:
         if self.directory is None:
             self._memory[name] = data
         elif not (self.directory / "bundles" / name).exists():
-            _write_atomically(self.directory / "bundles" / name, data)
+            write_atomically(self.directory / "bundles" / name, data)
 
     def get(
         self, name: str, version: int, sha256: str | None = None
@@ -121,7 +121,7 @@ class ModelStore:
             self._states[stream] = state
         else:
             path = self.directory / "streams" / f"{stream}.json"
-            _write_atomically(path, json.dumps(state, indent=2, sort_keys=True).encode())
+            write_atomically(path, json.dumps(state, indent=2, sort_keys=True).encode())
         named = [state.get("active"), *state.get("previous", [])]
         keep = {self.file_name(model, v["number"], v["sha256"]) for v in named if v}
         for file_name in self._names():
@@ -129,7 +129,8 @@ class ModelStore:
                 self._delete(file_name)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("wb") as handle:
         handle.write(data)
