@@ -21,27 +21,45 @@ from models.instructions import (
 from tests.helpers import make_keys, make_manifest
 
 V1, V2, V3 = Version(1, "a" * 64), Version(2, "b" * 64), Version(3, "c" * 64)
-RULES = Rules(shadow_events=1000, shadow_s=10, probation_events=2000, probation_s=0,
-              check_events=500)  # fmt: skip
+RULES = Rules(
+    shadow_events=1000, shadow_s=10, probation_events=2000, probation_s=0, check_events=500
+)
 
 
 def batch(
-    rng: np.random.Generator, n: int = 100, *, serving_rate: float = 0.02,
-    shadow_rate: float | None = None, noise: float = 0.0, errors: int = 0, shadow_s: float = 0.001,
-) -> ShadowFigures:  # fmt: skip
+    rng: np.random.Generator,
+    n: int = 100,
+    *,
+    serving_rate: float = 0.02,
+    shadow_rate: float | None = None,
+    noise: float = 0.0,
+    errors: int = 0,
+    shadow_s: float = 0.001,
+) -> ShadowFigures:
     """n events; the shadow model's scores are the serving ones plus noise."""
     serving = rng.exponential(1.0, n)
     shadow = serving + rng.normal(0, noise, n) if noise else serving.copy()
     rate = serving_rate if shadow_rate is None else shadow_rate
     return ShadowFigures(
-        events=n, serving_alerts=round(n * serving_rate), shadow_alerts=round(n * rate),
-        shadow_errors=errors, serving_s=0.001, shadow_s=shadow_s,
-        serving_scores=serving, shadow_scores=shadow,
-    )  # fmt: skip
+        events=n,
+        serving_alerts=round(n * serving_rate),
+        shadow_alerts=round(n * rate),
+        shadow_errors=errors,
+        serving_s=0.001,
+        shadow_s=shadow_s,
+        serving_scores=serving,
+        shadow_scores=shadow,
+    )
 
 
-def run(rollout: Rollout, rng: np.random.Generator, batches: int, start: float, step: float,
-        **kwargs: object) -> list:  # fmt: skip
+def run(
+    rollout: Rollout,
+    rng: np.random.Generator,
+    batches: int,
+    start: float,
+    step: float,
+    **kwargs: object,
+) -> list:
     decisions = []
     for i in range(batches):
         decision = rollout.observe(batch(rng, **kwargs), start + i * step)  # type: ignore[arg-type]
@@ -156,8 +174,9 @@ def test_probation_passes_and_offers_meanwhile_are_deferred() -> None:
 
 
 def test_no_probation_when_the_rules_set_none() -> None:
-    rollout, _ = _promoted(Rules(shadow_events=1000, shadow_s=10, probation_events=0,
-                                 probation_s=0))  # fmt: skip
+    rollout, _ = _promoted(
+        Rules(shadow_events=1000, shadow_s=10, probation_events=0, probation_s=0)
+    )
     assert (rollout.phase, rollout.candidate) == (Phase.SERVING, None)
 
 
@@ -192,8 +211,9 @@ def test_state_round_trips_the_versions() -> None:
     state = rollout.state()
     assert state["active"] == {"number": 2, "sha256": "b" * 64}
     assert state["probation"] is True
-    again = Rollout(RULES, active=Version(**state["active"]),
-                    previous=[Version(**v) for v in state["previous"]])  # fmt: skip
+    again = Rollout(
+        RULES, active=Version(**state["active"]), previous=[Version(**v) for v in state["previous"]]
+    )
     again.resume_probation(now=0.0)
     assert (again.phase, again.beside) == (Phase.PROBATION, V1)
 
@@ -264,3 +284,108 @@ def test_instruction_signed_tampered_unsigned_untrusted(tmp_path: Path) -> None:
         with pytest.raises(InstructionError) as caught:
             verify_instruction(data, trusted)
         assert caught.value.reason == reason
+
+
+def test_fleet_view_folds_statuses_and_transitions() -> None:
+    from models.fleet import fleet_view, render
+
+    status = {
+        "service": "agent",
+        "node": "box-a",
+        "state": "online",
+        "at": 100.0,
+        "rollout": {
+            "payments": {
+                "model": "pay",
+                "state": "probation",
+                "active": 2,
+                "candidate": None,
+                "previous": [1],
+                "last_transition": {"kind": "promoted", "at": 90.0, "reason": "passed every rule"},
+            }
+        },
+    }
+    promoted = {
+        "node": "box-a",
+        "stream": "payments",
+        "model": "pay",
+        "kind": "promoted",
+        "from_version": 1,
+        "to_version": 2,
+        "reason": "passed every rule",
+        "at": 90.0,
+        "state": "probation",
+        "active": 2,
+        "candidate": None,
+        "previous": [1],
+        "figures": {
+            "events": 300,
+            "new_alert_rate": 0.04,
+            "old_alert_rate": 0.039,
+            "rank_correlation": 1.0,
+            "p95_batch_ms": 0.4,
+        },
+    }
+    rejected = {
+        "node": "box-b",
+        "stream": "payments",
+        "model": "pay",
+        "kind": "rejected",
+        "from_version": 1,
+        "to_version": 3,
+        "reason": "alert rate 0.5 outside 0-0.09",
+        "at": 95.0,
+        "state": "serving",
+        "active": 1,
+        "candidate": None,
+        "previous": [],
+    }
+    bridge = {"service": "bridge", "node": "box-b", "state": "online", "at": 120.0}
+    boxes = fleet_view([(101.0, status), (121.0, bridge)], [(91.0, promoted), (96.0, rejected)])
+    a, b = boxes
+    assert (a.node, a.agent, a.last_seen) == ("box-a", "online", 101.0)
+    stream = a.streams["payments"]
+    assert (stream.active, stream.previous, stream.state) == (2, [1], "probation")
+    assert stream.last is not None
+    assert stream.last["figures"]["events"] == 300  # the record's figures, not the status copy
+    assert (b.agent, b.last_seen, b.streams["payments"].active) == ("unknown", 121.0, 1)
+    text = render(boxes, now=130.0)
+    lines = text.splitlines()
+    assert len(lines) == 3  # a header and one line per box
+    assert "payments: pay active v2 candidate - previous v1 (probation)" in lines[1]
+    assert "last promoted v1->v2" in lines[1]
+    assert "[300 events, alerts 0.04 vs 0.039, rank 1.0, p95 0.4 ms]" in lines[1]
+    assert "last rejected v1->v3" in lines[2]
+    assert "online?" not in lines[1]
+    assert "online?" in render(boxes, now=1000.0).splitlines()[1]  # not heard of: stale
+
+
+def test_store_keeps_few_bundles_and_verifies_them_again(tmp_path: Path) -> None:
+    from agent.store import ModelStore
+    from models.bundle import load_trusted_keys, sign_bundle, verify_bundle
+
+    private, public = make_keys(tmp_path / "k")
+    key, trusted = load_private_key(private), load_trusted_keys(public)
+    store = ModelStore(tmp_path / "state", keep=2, trusted=trusted)
+    bundles = []
+    for version in (1, 2, 3):
+        data = sign_bundle(make_manifest(b"m", version=version), b"m", key)
+        bundle = verify_bundle(data, trusted)
+        store.put(bundle, data)
+        bundles.append(bundle)
+    named = [{"number": b.manifest.version, "sha256": b.sha256} for b in bundles]
+    store.save_state("payments", "demo", {"active": named[2], "previous": [named[1]]})
+    files = sorted(p.name for p in (tmp_path / "state" / "bundles").iterdir())
+    assert len(files) == 2  # v1 is named by nothing any more: deleted
+    assert store.get("demo", 1) is None
+    found = store.get("demo", 3, bundles[2].sha256)
+    assert found is not None
+    assert found[0].manifest.version == 3
+    assert ModelStore(tmp_path / "state", 2, trusted).load_state("payments")["active"] == named[2]
+    # A file altered on disk is not loaded.
+    path = tmp_path / "state" / "bundles" / ModelStore.file_name("demo", 2, bundles[1].sha256)
+    path.write_bytes(path.read_bytes().replace(b'"version": 2', b'"version": 9'))
+    assert store.get("demo", 2) is None
+    memory = ModelStore(None, keep=2, trusted=trusted)
+    memory.put(bundles[0], sign_bundle(make_manifest(b"m", version=1), b"m", key))
+    assert memory.get("demo", 1) is not None
