@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 JARS   := .cache/kafka-libs/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps central-deps lint typecheck pytest test test-unit demo bench stack-up stack-down stack-status bundles clean
+.PHONY: setup system-deps central-deps lint typecheck pytest test test-unit demo loop bench stack-up stack-down stack-status bundles clean
 
 setup: system-deps $(STAMP) $(JARS) central-deps
 
@@ -50,6 +50,11 @@ test: setup lint typecheck pytest
 
 demo: setup
 	$(PY) deploy/dev/demo.py
+
+# The closed loop on one box: replay → agent → bridge → Kafka → SQL → labels → retrain →
+# gate → publish → the agent serves the new version (scoreboard with each stage's time).
+loop: setup
+	$(PY) deploy/dev/loop.py
 
 bench: setup
 	$(PY) tests/bench/agent_throughput.py --json

@@ -18,15 +18,20 @@ DATASETS = REPO.parent / "shared" / "datasets"
 _counter = itertools.count()
 
 
-def load_stack_module() -> ModuleType:
-    """deploy/dev/stack.py is a script, not a package: load it by path."""
-    spec = importlib.util.spec_from_file_location("edgewatch_stack", REPO / "deploy/dev/stack.py")
+def load_script(relative: str, name: str) -> ModuleType:
+    """A script of the repository (not a package module), loaded by its path."""
+    spec = importlib.util.spec_from_file_location(name, REPO / relative)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_stack_module() -> ModuleType:
+    """deploy/dev/stack.py is a script, not a package: load it by path."""
+    return load_script("deploy/dev/stack.py", "edgewatch_stack")
 
 
 @pytest.fixture(scope="session")
