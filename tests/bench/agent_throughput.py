@@ -39,13 +39,22 @@ from agent.pipeline import Inbound, Limits, Outcome, Pipeline, StreamModel
 from agent.replay import messages_from_file
 from agent.service import AgentService
 from agent.settings import AgentSettings
-from models.bundle import load_bundle, load_trusted_keys
+from models.bundle import (
+    load_bundle,
+    load_private_key,
+    load_trusted_keys,
+    read_unverified,
+    sign_bundle,
+)
 from plumbing.events import Topics
 from plumbing.lifecycle import settle_runtime
 from plumbing.mqtt import MqttConnection
 
 BUNDLE = REPO / "models" / "bundles" / "payments-fraud.ewb"
 KEY = REPO / "models" / "bundles" / "dev-signing-key.DEVELOPMENT-ONLY.pub.pem"
+DEV_PRIVATE = REPO / "deploy" / "dev" / "keys" / "dev-signing-key.DEVELOPMENT-ONLY.pem"
+# The shadow variant: a candidate that stays in shadow for the whole run (never judged).
+SHADOW_RULES = "[rollout.rules]\nshadow_events = 1000000000\n"
 SAMPLE = REPO / "models" / "samples" / "payments-holdout.csv"
 
 
@@ -71,13 +80,24 @@ class EchoPipeline(Pipeline):
         return outcomes
 
 
-def config_file(directory: Path, port: int, prefix: str) -> Path:
+def config_file(
+    directory: Path, port: int, prefix: str, bundle: Path = BUNDLE, rollout: str = ""
+) -> Path:
     path = directory / f"{prefix}.toml"
     path.write_text(
-        f'node_id = "{prefix}"\ntrusted_keys = "{KEY}"\n[mqtt]\nport = {port}\n'
+        f'node_id = "{prefix}"\ntrusted_keys = "{KEY}"\n{rollout}\n[mqtt]\nport = {port}\n'
         f'topic_prefix = "{prefix}"\nclient_id = "{prefix}"\n'
-        f'[streams.payments]\nbundle = "{BUNDLE}"\n'
+        f'[streams.payments]\nbundle = "{bundle}"\n'
     )
+    return path
+
+
+def candidate(directory: Path) -> Path:
+    """The shipped model as version 2, re-signed with the development key."""
+    manifest, model, _ = read_unverified(BUNDLE.read_bytes())
+    path = directory / "payments-fraud-v2.ewb"
+    path.write_bytes(sign_bundle(manifest.model_copy(update={"version": 2}), model,
+                                 load_private_key(DEV_PRIVATE)))  # fmt: skip
     return path
 
 
@@ -122,8 +142,10 @@ def serve_naive(config: Path) -> None:
 def measure(stack: object, variant: str, count: int, workdir: Path) -> tuple[float, float]:
     port = stack.state.mqtt_port  # type: ignore[attr-defined]
     prefix = f"bench{variant}"
-    config = config_file(workdir, port, prefix)
-    args = (["-m", "agent.cli", "run", "--config", str(config)] if variant == "agent"
+    shadow = variant == "shadow"
+    rollout = f'[rollout]\nstate_dir = "{workdir / prefix}"\n{SHADOW_RULES}' if shadow else ""
+    config = config_file(workdir, port, prefix, rollout=rollout)
+    args = (["-m", "agent.cli", "run", "--config", str(config)] if variant in ("agent", "shadow")
             else [__file__, "--serve", variant, str(config)])  # fmt: skip
     # First start creates the persistent session; messages then queue for it while it is down.
     with Counter(port, f"{prefix}/+/status/+") as status:
@@ -133,8 +155,13 @@ def measure(stack: object, variant: str, count: int, workdir: Path) -> tuple[flo
             raise RuntimeError(f"{variant} did not start; see {workdir / (variant + '.log')}")
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
+    if shadow:  # v1 was stored as serving; a configured v2 is shadowed from the first batch
+        config_file(workdir, port, prefix, bundle=candidate(workdir), rollout=rollout)
     publish(port, items(prefix, count))
-    with Counter(port, f"{prefix}/+/scored/+") as scored:
+    with (
+        Counter(port, f"{prefix}/+/scored/+") as scored,
+        Counter(port, f"{prefix}/+/rollout/+") as transitions,
+    ):
         scored.target = count
         proc = run_module(args, workdir / f"{variant}.log")
         finished = scored.done.wait(600)
@@ -143,6 +170,8 @@ def measure(stack: object, variant: str, count: int, workdir: Path) -> tuple[flo
         proc.wait(30)
     if not finished:
         raise RuntimeError(f"{variant}: {scored.count} of {count} outputs arrived")
+    if shadow and transitions.count != 1:  # shadow_started, and no decision during the run
+        raise RuntimeError(f"shadow: {transitions.count} rollout transitions, expected 1")
     return scored.rate(), rss
 
 
@@ -183,21 +212,29 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="edgewatch-agent-bench-"))
     steady_harness()
-    rounds: dict[str, list[float]] = {k: [] for k in ("agent", "echo", "p50", "p99", "rss")}
+    rounds: dict[str, list[float]] = {
+        k: [] for k in ("agent", "echo", "shadow", "p50", "p99", "rss")
+    }
     with private_stack() as stack:
         for _ in range(args.rounds):
             agent_rate, agent_rss = measure(stack, "agent", args.count, workdir)
             echo_rate, _ = measure(stack, "echo", args.count, workdir)
+            shadow_rate, shadow_rss = measure(stack, "shadow", args.count, workdir)
+            rounds["shadow"].append(shadow_rate)
+            agent_rss = max(agent_rss, shadow_rss)
             p50, p99, latency_rss = latency(stack, workdir, rate=2000, seconds=15)
             for key, value in (("agent", agent_rate), ("echo", echo_rate), ("p50", p50),
                                ("p99", p99), ("rss", max(agent_rss, latency_rss))):  # fmt: skip
                 rounds[key].append(value)
         naive_rate, _ = measure(stack, "naive", min(args.count, 3_000), workdir)
     agent_rate, echo_rate = statistics.median(rounds["agent"]), statistics.median(rounds["echo"])
+    shadow_rate = statistics.median(rounds["shadow"])
     result = {
         "agent_msgs_per_s": round(agent_rate),
         "echo_msgs_per_s": round(echo_rate),
         "naive_msgs_per_s": round(naive_rate),
+        "shadow_msgs_per_s": round(shadow_rate),
+        "shadow_vs_agent": round(shadow_rate / agent_rate, 3),
         "agent_vs_echo": round(agent_rate / echo_rate, 3),
         "agent_vs_naive": round(agent_rate / naive_rate, 2),
         "p50_ms": statistics.median(rounds["p50"]),
