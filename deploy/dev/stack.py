@@ -172,11 +172,13 @@ def ensure_flink_home() -> Path:
     for wheel in sorted(wheels.glob("*.whl")):
         _unpack_distribution(wheel, partial)
     shutil.rmtree(wheels)
-    subprocess.run(
+    maven = subprocess.run(
         ["mvn", "-q", "-B", "-Dstyle.color=never", "-f", str(FLINK_POM), "dependency:copy",
          f"-Dflink.home={partial}"],
-        check=True,
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
+    if maven.returncode != 0:
+        raise StackError(f"mvn could not fetch the Flink jars:\n{maven.stdout[-3000:]}")
     (partial / "plugins").mkdir(exist_ok=True)
     for script in (partial / "bin").iterdir():
         if script.suffix in {".sh", ""}:

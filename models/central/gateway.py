@@ -11,7 +11,9 @@ Contract:
 - One gateway *session* per client, opened on first use with the client's ``properties``
   (any Flink configuration, e.g. ``{"execution.runtime-mode": "batch"}``) and closed by
   :meth:`SqlClient.close` (or leaving the ``with`` block). Tables created with ``CREATE
-  TABLE`` live in that session unless a catalog persists them.
+  TABLE`` live in that session unless a catalog persists them. A session the gateway no
+  longer knows (it restarted, or the session idled out) is replaced by a new one with the
+  same properties on the next statement; its tables are gone and must be created again.
 - Each statement is an *operation*; its result comes in pages that the client follows
   (``nextResultUri``) until the gateway says ``EOS``. A page with no rows means "nothing new
   yet": the client waits ``poll_interval_s`` (growing to 8x while nothing arrives).
@@ -380,7 +382,17 @@ class SqlClient:
         self, statement: str, config: Mapping[str, str] | None, *, deadline: float | None
     ) -> Generator[ResultPage, None, None]:
         session = self.session
-        operation = str(self._send(submit_statement(session, statement, config))["operationHandle"])
+        try:
+            submitted = self._send(submit_statement(session, statement, config))
+        except SqlEngineError as exc:
+            if not _session_gone(exc, session):
+                raise
+            # The gateway restarted (or the session idled out): a new session, same
+            # properties. Tables created in the old one are gone with it.
+            self._session = None
+            session = self.session
+            submitted = self._send(submit_statement(session, statement, config))
+        operation = str(submitted["operationHandle"])
         request = first_page(session, operation)
         finished = False
         idle = 0
@@ -430,6 +442,10 @@ def request_json(
     except (urllib.error.URLError, OSError) as exc:
         raise GatewayUnavailableError(f"{what} at {base_url} does not answer: {exc}") from exc
     return dict(json.loads(raw)) if raw.strip() else {}
+
+
+def _session_gone(error: SqlEngineError, session: str) -> bool:
+    return f"Session '{session}' does not exist" in error.message
 
 
 def _job_id_column(page: ResultPage) -> str | None:

@@ -14,6 +14,9 @@ import pytest
 
 from models.central.gateway import (
     Change,
+    Request,
+    SqlClient,
+    SqlEngineError,
     apply_changelog,
     decode_page,
     error_from_response,
@@ -276,3 +279,53 @@ def test_the_example_central_toml_is_valid(capsys: pytest.CaptureFixture[str]) -
 
     example = REPO_JOBS.parents[0] / "config" / "central.toml"
     assert main(["validate-config", str(example)]) == 0, capsys.readouterr().out
+
+
+class ScriptedGateway(SqlClient):
+    """The client's I/O shell fed by a script of answers (the HTTP layer only)."""
+
+    def __init__(self, answers: list[dict[str, Any] | SqlEngineError]) -> None:
+        super().__init__("http://gateway.invalid", poll_interval_s=0.001)
+        self.answers = answers
+        self.sent: list[Request] = []
+
+    def _send(self, request: Request) -> dict[str, Any]:
+        self.sent.append(request)
+        answer = self.answers.pop(0)
+        if isinstance(answer, SqlEngineError):
+            raise answer
+        return answer
+
+
+def test_a_session_the_gateway_lost_is_replaced_once() -> None:
+    gone = SqlEngineError("Session 'old' does not exist.", status=500)
+    client = ScriptedGateway([
+        gone,
+        {"sessionHandle": "new"},
+        {"operationHandle": "op"},
+        {"resultType": "NOT_READY", "nextResultUri": "/v3/sessions/new/operations/op/result/0"},
+        page([{"kind": "INSERT", "fields": ["d0", 1]}]),
+        page([], result_type="EOS"),
+    ])  # fmt: skip
+    client._session = "old"
+    assert list(client.query("SELECT device, n FROM t")) == [{"device": "d0", "n": 1}]
+    paths = [request.path for request in client.sent]
+    assert paths[:3] == [
+        "/v3/sessions/old/statements", "/v3/sessions", "/v3/sessions/new/statements"
+    ]  # fmt: skip
+    other = ScriptedGateway([SqlEngineError("Table 'x' not found", status=500)])
+    other._session = "s"
+    with pytest.raises(SqlEngineError, match="Table 'x' not found"):
+        other.execute("SELECT * FROM x")
+
+
+def test_leaving_a_query_early_closes_its_operation() -> None:
+    client = ScriptedGateway([
+        {"sessionHandle": "s"},
+        {"operationHandle": "op"},
+        page([{"kind": "INSERT", "fields": ["d0", 1]}, {"kind": "INSERT", "fields": ["d1", 1]}]),
+        {},  # the answer to the close
+    ])  # fmt: skip
+    assert list(client.query("SELECT device, n FROM t", limit=1)) == [{"device": "d0", "n": 1}]
+    assert client.sent[-1].method == "DELETE"
+    assert client.sent[-1].path.endswith("/operations/op/close")
