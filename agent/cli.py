@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from agent.settings import AgentSettings
 from plumbing.cli import base_parser, dispatch, run_service
@@ -30,13 +31,64 @@ def cmd_score(args: argparse.Namespace) -> int:
     topics = Topics()
     pipeline = Pipeline(topics, Limits(contributions_top_k=args.top_k))
     pipeline.models[stream] = StreamModel(bundle, max_devices=100_000)
-    messages = messages_from_file(args.file, devices=args.devices)
+    # Each file is its own device (or devices, with --devices): a SKAB file is one machine.
+    messages = [m for path in args.files for m in messages_from_file(path, devices=args.devices)]
     out = sys.stdout
+    verdicts: dict[str, bool] = {}
     for start in range(0, len(messages), 512):
         chunk = messages[start : start + 512]
         batch = [Inbound(topics.event(m.device, "raw", stream), m.payload) for m in chunk]
         for outcome in pipeline.process(batch):
-            out.write(json.dumps(outcome.document, separators=(",", ":")) + "\n")
+            document = outcome.document or {}
+            if args.quality:
+                if outcome.reason is None and not document.get("warming_up"):
+                    verdicts[outcome.event_id] = outcome.anomaly
+            else:
+                out.write(json.dumps(document, separators=(",", ":")) + "\n")
+    if args.quality:
+        print(json.dumps(_quality(messages, verdicts), indent=2))
+    return 0
+
+
+def _quality(messages: list[Any], verdicts: dict[str, bool]) -> dict[str, Any]:
+    """Event-level precision, recall and F1 of the scored, labelled events (not warming up)."""
+    from models.metrics import at_threshold
+
+    pairs = [(m.label, verdicts[m.event_id]) for m in messages
+             if m.label is not None and m.event_id in verdicts]  # fmt: skip
+    if not pairs:
+        raise SystemExit("--quality: no labelled events were scored after warm-up")
+    result = at_threshold([p[0] for p in pairs], [float(p[1]) for p in pairs], 0.5)
+    keep = ("precision", "recall", "f1", "far", "mar", "confusion")
+    return {"events": len(pairs), "anomalies": sum(p[0] for p in pairs),
+            **{k: result[k] for k in keep}}  # fmt: skip
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    """Per-device baselines: ask the service to reset one, or show what is stored."""
+    from agent.baselines import BaselineStore
+    from plumbing.cli import require_settings
+
+    settings = require_settings(AgentSettings, args.config)
+    directory = settings.baselines.state_dir
+    if directory is None:
+        print("baselines.state_dir is not set: baselines live in the service's memory only",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    store = BaselineStore(directory)
+    if args.action == "reset":
+        if not args.device:
+            print("baseline reset needs --device", file=sys.stderr)
+            return 2
+        path = store.request_reset(args.device, args.stream)
+        print(f"reset of {args.device!r} requested ({path}); the service applies it within "
+              f"{settings.baselines.poll_s:g} s, or at its next start")  # fmt: skip
+        return 0
+    for stream in settings.streams:
+        document = store.load(stream) or {"devices": {}}
+        devices = document["devices"]
+        shown = {d: devices[d] for d in devices if args.device in (None, d)}
+        print(json.dumps({"stream": stream, "learned": len(devices), "devices": shown}))
     return 0
 
 
@@ -78,12 +130,21 @@ def main(argv: list[str] | None = None) -> int:
 
     score = sub.add_parser("score", help="score a CSV or JSONL file offline, print JSONL")
     score.add_argument("bundle", type=Path)
-    score.add_argument("file", type=Path)
+    score.add_argument("files", type=Path, nargs="+", help="CSV or JSONL; one device each")
     score.add_argument("--trusted-keys", type=Path, required=True)
     score.add_argument("--stream", help="stream name (default: the bundle's)")
     score.add_argument("--devices", type=int, default=1, help="rows go round-robin to N devices")
     score.add_argument("--top-k", type=int, default=3, help="contributions per event")
+    score.add_argument("--quality", action="store_true",
+                       help="precision/recall/F1 of labelled events after warm-up")  # fmt: skip
     score.set_defaults(handler=cmd_score)
+
+    baseline = sub.add_parser("baseline", help="per-device baselines: reset one, or show")
+    baseline.add_argument("action", choices=["reset", "show"])
+    baseline.add_argument("--config", type=Path, help="the service's TOML configuration")
+    baseline.add_argument("--device", help="device id (required for reset)")
+    baseline.add_argument("--stream", help="only this stream (default: every stream)")
+    baseline.set_defaults(handler=cmd_baseline)
 
     replay = sub.add_parser("replay", help="publish data set rows as device messages")
     replay.add_argument("files", type=Path, nargs="+", help="CSV (credit card, SKAB) or JSONL")

@@ -58,6 +58,26 @@ class AgentMetrics:
             ["stream"],
             registry=r,
         )
+        self.baseline_devices = Gauge(
+            "edgewatch_agent_baseline_devices",
+            "Devices with a learned baseline or warming up, per stream",
+            ["stream", "state"],
+            registry=r,
+        )
+        self.baselines_learned = Counter(
+            "edgewatch_agent_baselines_learned", "Device warm-ups completed", ["stream"],
+            registry=r,
+        )  # fmt: skip
+        self.baseline_evictions = Counter(
+            "edgewatch_agent_baseline_evictions",
+            "Device baselines or warm-ups forgotten beyond baselines.max_devices",
+            ["stream"],
+            registry=r,
+        )
+        self.baseline_resets = Counter(
+            "edgewatch_agent_baseline_resets", "Device baselines reset by an operator",
+            ["stream"], registry=r,
+        )  # fmt: skip
         self.model_info = Gauge(
             "edgewatch_agent_model_info",
             "Model in service per stream (value 1)",

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.baselines import DeviceBaselines, Prepared
 from agent.jsonguard import PayloadRejectedError, parse_object
 from agent.rollout import ShadowFigures
 from models.bundle import Bundle
-from models.features import WindowState
+from models.features import FloatMatrix, Rejection, WindowState
 from models.scoring import Scorer
 from plumbing.events import TopicParts, Topics, deadletter_document, dumps, event_id_of
 
@@ -27,6 +28,7 @@ NO_MODEL = "no_model"
 TOPIC_CACHE_MAX = 4096  # parsed topics remembered (then forgotten all at once)
 BAD_TOPIC = "bad_topic"
 SERVICE = "agent"
+Rows = np.ndarray[Any, np.dtype[np.floating[Any]]]  # scaled float32, or cleaned float64
 
 
 @dataclass(slots=True)
@@ -53,19 +55,68 @@ class Outcome:
 
 
 class StreamModel:
-    """A verified bundle in service: its scorer and, for windowed models, device history."""
+    """A verified bundle in service: its scorer and, for windowed models, device history.
 
-    def __init__(self, bundle: Bundle, max_devices: int) -> None:
+    A model whose manifest asks for per-device baselines also gets them (in memory; the
+    service restores and saves them), bounded by ``baseline_devices`` (default
+    ``max_devices``).
+    """
+
+    def __init__(
+        self, bundle: Bundle, max_devices: int, baseline_devices: int | None = None
+    ) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.scorer = Scorer(bundle)
         spec = self.manifest.features
         self.windows = WindowState(spec.window, spec.width, max_devices)
+        self.baselines: DeviceBaselines | None = None
+        if self.manifest.baseline is not None:
+            self.baselines = DeviceBaselines(
+                self.manifest.baseline,
+                spec,
+                model_threshold=self.manifest.score.threshold,
+                max_devices=baseline_devices or max_devices,
+                identity={
+                    "model_sha256": self.manifest.model_sha256,
+                    "baseline": self.manifest.baseline.model_dump(mode="json"),
+                    "fields": [f.model_dump(mode="json") for f in spec.fields],
+                },
+            )
         self.info = {
             "name": self.manifest.name,
             "version": self.manifest.version,
             "sha256": bundle.sha256,
         }
+
+    def vectorize(self, documents: list[dict[str, Any]]) -> tuple[Rows, list[Rejection]]:
+        """Rows of payloads: scaled, or (with baselines, which scale per device) cleaned."""
+        spec = self.manifest.features
+        if self.baselines is None:
+            return spec.vectorize(documents)
+        return spec.clean(*spec.extract(documents))
+
+    def inputs(self, devices: list[str], rows: Rows) -> tuple[FloatMatrix, Prepared | None]:
+        """Model inputs of vectorized rows, through the baselines if the model has them."""
+        if self.baselines is None:
+            return self.windows.push(devices, rows), None
+        prepared = self.baselines.prepare(devices, rows, self.score_windows)
+        return self.windowed(devices, prepared), prepared
+
+    def score_windows(self, windows: FloatMatrix) -> FloatMatrix:
+        """Scores of model inputs (for a device's warm-up windows)."""
+        return self.scorer.score(windows).scores
+
+    def windowed(self, devices: list[str], prepared: Prepared) -> FloatMatrix:
+        """Push a prepared batch through the window history, seeding where warm-ups ended."""
+        parts, start = [], 0
+        for index, device, history in prepared.seeds:
+            parts.append(self.windows.push(devices[start : index + 1],
+                                           prepared.rows[start : index + 1]))  # fmt: skip
+            self.windows.seed(device, history)
+            start = index + 1
+        parts.append(self.windows.push(devices[start:], prepared.rows[start:]))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 @dataclass
@@ -139,8 +190,7 @@ class Pipeline:
         items: list[tuple[int, str, str, dict[str, Any]]],
     ) -> list[tuple[int, Outcome]]:
         model = self.models[stream]
-        spec = model.manifest.features
-        rows, rejections = spec.vectorize([item[3] for item in items])
+        rows, rejections = model.vectorize([item[3] for item in items])
         rejected = {r.index: r for r in rejections}
         results: list[tuple[int, Outcome]] = []
         keep = [j for j in range(len(items)) if j not in rejected]
@@ -153,8 +203,9 @@ class Pipeline:
         if not keep:
             return results
         devices = [items[j][1] for j in keep]
-        inputs = model.windows.push(devices, rows[keep])
         started = time.perf_counter()
+        inputs, prepared = model.inputs(devices, rows[keep])
+        scaled = rows[keep] if prepared is None else prepared.rows
         scored = model.scorer.score(inputs)
         serving_s = time.perf_counter() - started
         self.last_inference_s += serving_s
@@ -163,8 +214,13 @@ class Pipeline:
         now = time.time()
         # Python floats and bools for the whole batch at once, not value by value.
         exact = scored.scores.astype(np.float64)
-        scores, anomalies = np.round(exact, 6).tolist(), (exact >= threshold).tolist()
-        shadow = self._shadow(stream, [items[j] for j in keep], rows[keep], exact, serving_s)
+        scores = np.round(exact, 6).tolist()
+        if prepared is None:
+            anomalies = (exact >= threshold).tolist()
+        else:  # each device's own threshold; a warming device never alerts
+            warming, thresholds = prepared.warming, prepared.thresholds.tolist()
+            anomalies = ((exact >= prepared.thresholds) & ~np.array(warming, bool)).tolist()
+        shadow = self._shadow(stream, [items[j] for j in keep], scaled, exact, serving_s)
         for n, j in enumerate(keep):
             i, device, _, document = items[j]
             inbound = batch[i]
@@ -182,6 +238,9 @@ class Pipeline:
                 "anomaly": anomaly,
                 "contributions": contributions[n],
             }
+            if prepared is not None:
+                event["threshold"] = thresholds[n]
+                event["warming_up"] = warming[n]
             if shadow is not None and shadow[n] is not None:
                 event["shadow"] = shadow[n]
             body = dumps(event)

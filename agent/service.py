@@ -22,6 +22,7 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from agent.acks import AckTracker, Publish
+from agent.baselines import BaselineKeeper
 from agent.metrics import AgentMetrics
 from agent.pipeline import Inbound, Limits, Outcome, Pipeline, StreamModel
 from agent.rollout import Decision, Phase, Rollout, Version
@@ -77,6 +78,7 @@ class AgentService:
         self.settings = settings
         self.topics = Topics(settings.mqtt.topic_prefix)
         self.metrics = AgentMetrics()
+        self.baselines = BaselineKeeper(settings.baselines, self.metrics)
         self.trusted = load_trusted_keys(settings.trusted_keys)
         self.pipeline = Pipeline(
             self.topics,
@@ -218,6 +220,8 @@ class AgentService:
     def _work(self) -> None:
         while True:
             self._apply_model_updates()
+            if self.baselines.tend(time.monotonic()):
+                self._publish_status()
             self._publish_refused_again()
             if not self.tracker.wait_below(self._unacked_limit(), timeout_s=0.2):
                 continue  # outputs still unacked: hold intake (the queue then fills)
@@ -326,6 +330,7 @@ class AgentService:
         ):
             model.windows = old.windows  # same inputs, no history of its own: keep the devices'
         self.pipeline.models[stream] = model
+        self.baselines.attach(stream, model.baselines)
         self.metrics.model_info.clear()
         for name, m in self.pipeline.models.items():
             info = m.info
@@ -526,6 +531,7 @@ class AgentService:
                 "state": state,
                 "at": time.time(),
                 "models": {s: m.info for s, m in self.pipeline.models.items()},
+                "baselines": self.baselines.summary(),
                 "rollout": {
                     stream: {
                         "model": entry.name,
@@ -561,6 +567,7 @@ class AgentService:
         if not self.tracker.idle.wait(timeout=max(0.0, deadline - time.monotonic())):
             log.warning("%d raw messages still unacked at shutdown; the broker redelivers them",
                         len(self.tracker))  # fmt: skip
+        self.baselines.save()  # the worker is gone: baselines learned in its last second
         self.intake.stop()
         self.output.publish_last_status(self.status_topic, self._status("offline"))
         self.output.stop()

@@ -141,6 +141,34 @@ class RolloutSettings(StrictModel):
     )
 
 
+class BaselineSettings(StrictModel):
+    """Per-device baselines, for models whose manifest asks for them (``baseline``)."""
+
+    state_dir: Path | None = Field(
+        None,
+        description="Where each stream's learned baselines are kept (one JSON file per "
+        "stream, written atomically whenever a baseline is learned, reset or evicted) and "
+        "where 'edgewatch-agent baseline reset' leaves its requests. Unset: in memory only, "
+        "and every device warms up again after a restart.",
+    )
+    max_devices: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Devices with a baseline or a warm-up in progress, per stream; beyond "
+        "it the least recently seen is forgotten (counted). A learned baseline takes "
+        "~0.3 KB, a warm-up in progress warmup_rows x fields x 8 bytes (25.6 KB for the "
+        "SKAB model): 1,000 devices all warming up at once stay near 26 MB.",
+    )
+    poll_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often reset requests are picked up and changed baselines saved: "
+        "a baseline changes once per device per warm-up, so a second costs nothing.",
+    )
+
+
 class AgentMqttSettings(MqttSettings):
     """The broker connection, with the agent's smaller window of unacked messages."""
 
@@ -206,6 +234,9 @@ class AgentSettings(ServiceSettings):
     )
     drain_timeout_s: float = Field(
         10.0, gt=0, description="On shutdown, how long to wait for in-flight messages."
+    )
+    baselines: BaselineSettings = Field(
+        default_factory=BaselineSettings, description="Per-device baselines."
     )
     rollout: RolloutSettings = Field(
         default_factory=RolloutSettings, description="Model rollout on this box."

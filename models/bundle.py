@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from models.features import FeatureSpec
+from models.features import BaselineSpec, FeatureSpec
 from plumbing.errors import EdgewatchError
 
 FORMAT_VERSION = 1
@@ -174,11 +174,16 @@ class Manifest(BaseModel):
     rollout: RolloutSpec | None = Field(
         None, description="Cohort and rollout rules; unset: every box, the box's rules."
     )
+    baseline: BaselineSpec | None = Field(
+        None, description="Per-device baselines the agent learns (scaling, threshold)."
+    )
 
     def to_bytes(self) -> bytes:
         """The signed bytes. An unset ``rollout`` is left out, so manifests written before
         it existed (and ``make bundles``) stay byte-identical."""
-        document = self.model_dump(mode="json", exclude={"rollout"})
+        document = self.model_dump(mode="json", exclude={"rollout", "baseline"})
+        if self.baseline is not None:  # left out when unset, like rollout
+            document["baseline"] = self.baseline.model_dump(mode="json")
         if self.rollout is not None:
             document["rollout"] = self.rollout.model_dump(mode="json", exclude_none=True)
         return json.dumps(document, indent=2, sort_keys=True).encode()

@@ -118,13 +118,7 @@ class FeatureSpec(BaseModel):
         for j, name in enumerate(names):
             if name in log1p:
                 transformed[:, j] = np.log1p(np.maximum(transformed[:, j], 0.0))
-        if scaling == "standard":
-            centers = transformed.mean(axis=0)
-            scales = transformed.std(axis=0)
-        else:
-            centers = transformed.min(axis=0)
-            scales = transformed.max(axis=0) - centers
-        scales = np.maximum(scales, scale_floor * np.abs(centers))
+        centers, scales = fit_scaling(transformed, scaling, scale_floor)
         medians = np.median(raw, axis=0)
         fields = tuple(
             FieldSpec(
@@ -134,7 +128,7 @@ class FeatureSpec(BaseModel):
                 impute_value=float(medians[j]),
                 transform="log1p" if name in log1p else "none",
                 center=float(centers[j]),
-                scale=float(scales[j]) if scales[j] > 1e-12 else 1.0,
+                scale=float(scales[j]),
                 clip=clip,
             )
             for j, name in enumerate(names)
@@ -193,6 +187,16 @@ class FeatureSpec(BaseModel):
         self, raw: npt.ArrayLike, rejections: list[Rejection] | None = None
     ) -> tuple[FloatMatrix, list[Rejection]]:
         """Non-finite policy, transforms, scaling and clipping, vectorised over the batch."""
+        values, rejections = self.clean(raw, rejections)
+        return self.scale(values), rejections
+
+    def clean(
+        self, raw: npt.ArrayLike, rejections: list[Rejection] | None = None
+    ) -> tuple[npt.NDArray[np.float64], list[Rejection]]:
+        """The part of :meth:`transform` before scaling: non-finite policy and transforms.
+
+        Scaling parameters are fitted on these values (see :meth:`fit`, :func:`fit_scaling`).
+        """
         values = np.array(raw, dtype=np.float64)
         rejections = list(rejections or [])
         bad = ~np.isfinite(values)
@@ -212,13 +216,34 @@ class FeatureSpec(BaseModel):
         for j, spec in enumerate(self.fields):
             if spec.transform == "log1p":
                 values[:, j] = np.log1p(np.maximum(values[:, j], 0.0))
-        centers = np.array([f.center for f in self.fields])
-        scales = np.array([f.scale for f in self.fields])
+        rejections.sort(key=lambda r: r.index)
+        return values, rejections
+
+    @property
+    def centers(self) -> npt.NDArray[np.float64]:
+        return np.array([f.center for f in self.fields])
+
+    @property
+    def scales(self) -> npt.NDArray[np.float64]:
+        return np.array([f.scale for f in self.fields])
+
+    def scale(
+        self,
+        values: npt.NDArray[np.float64],
+        centers: npt.NDArray[np.float64] | None = None,
+        scales: npt.NDArray[np.float64] | None = None,
+    ) -> FloatMatrix:
+        """Cleaned values to model inputs: centered, scaled and clipped, as float32.
+
+        ``centers`` and ``scales`` default to the spec's own; they may also be given per row
+        (rows × width), as per-device baselines do.
+        """
+        centers = self.centers if centers is None else centers
+        scales = self.scales if scales is None else scales
         scaled = (values - centers) / scales
         clips = np.array([f.clip if f.clip is not None else np.inf for f in self.fields])
         scaled = np.clip(scaled, -clips, clips)
-        rejections.sort(key=lambda r: r.index)
-        return scaled.astype(np.float32), rejections
+        return scaled.astype(np.float32)
 
     def vectorize(
         self, payloads: Sequence[Mapping[str, Any]]
@@ -226,6 +251,67 @@ class FeatureSpec(BaseModel):
         """Payloads to scaled rows (N × width) plus the rows that were rejected and why."""
         raw, rejections = self.extract(payloads)
         return self.transform(raw, rejections)
+
+
+def fit_scaling(
+    values: npt.NDArray[np.float64], scaling: Literal["standard", "minmax"], scale_floor: float
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Centers and scales of cleaned values (rows × features): the one fitting rule.
+
+    Standard: mean and standard deviation; minmax: minimum and range. Each scale is at
+    least ``scale_floor`` × |center|, and a scale that is still ~0 becomes 1.
+    """
+    if scaling == "standard":
+        centers = values.mean(axis=0)
+        scales = values.std(axis=0)
+    else:
+        centers = values.min(axis=0)
+        scales = values.max(axis=0) - centers
+    scales = np.maximum(scales, scale_floor * np.abs(centers))
+    return centers, np.where(scales > 1e-12, scales, 1.0)
+
+
+class BaselineSpec(BaseModel):
+    """Per-device baselines a model asks the agent to learn (a manifest's ``baseline``).
+
+    Each device's first ``warmup_rows`` readings are its baseline: with ``scale`` the
+    device's own centers and scales replace the spec's (the spec's scaling rule, with
+    ``scale_floor``); with ``threshold = "device_quantile"`` the device's alert threshold is
+    ``margin`` × the ``quantile`` of the model's scores on those readings' windows, scaled
+    the device's way. Until then the device's events are scored with the spec's scaling,
+    marked as warming up, and never alerts.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    warmup_rows: int = Field(
+        400, ge=2, le=100_000, description="Readings a device's baseline is learned from."
+    )
+    scale: bool = Field(True, description="Scale each device by its own warm-up readings.")
+    scale_floor: float = Field(
+        0.0, ge=0, description="Device scales are at least this × |center| (see fit_scaling)."
+    )
+    threshold: Literal["model", "device_quantile"] = Field(
+        "device_quantile",
+        description="model: the manifest's threshold for every device; device_quantile: "
+        "margin × the quantile of the device's own warm-up scores.",
+    )
+    quantile: float = Field(0.99, gt=0, le=1, description="Quantile of warm-up scores.")
+    margin: float = Field(1.0, gt=0, description="Device threshold = margin × that quantile.")
+
+    def device_scaling(
+        self, spec: FeatureSpec, values: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """A device's centers and scales from its cleaned warm-up values."""
+        if not self.scale:
+            return spec.centers, spec.scales
+        return fit_scaling(values, spec.scaling, self.scale_floor)
+
+    def device_threshold(self, warmup_scores: npt.NDArray[np.float32], model: float) -> float:
+        """A device's alert threshold from the model's scores on its warm-up windows."""
+        if self.threshold == "model":
+            return model
+        return float(np.quantile(warmup_scores.astype(np.float64), self.quantile)) * self.margin
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,3 +386,23 @@ class WindowState:
                 ring[-1] = rows[i]
             out[i] = ring.reshape(-1)
         return out
+
+    def seed(self, device: str, rows: FloatMatrix) -> None:
+        """Make ``device``'s history the given rows (the last ``window`` are kept)."""
+        if self.window == 1:
+            return
+        history = np.asarray(rows, dtype=np.float32)[-self.window :]
+        if len(history) < self.window:
+            history = np.concatenate(
+                [np.repeat(history[:1], self.window - len(history), axis=0), history]
+            )
+        if device in self._rings:
+            self._rings.move_to_end(device)
+        self._rings[device] = np.array(history)
+        if len(self._rings) > self.max_devices:
+            self._rings.popitem(last=False)
+            self.evictions += 1
+
+    def forget(self, device: str) -> None:
+        """Drop ``device``'s history: its next reading starts a new one."""
+        self._rings.pop(device, None)
