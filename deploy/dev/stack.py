@@ -679,6 +679,13 @@ def main(argv: list[str] | None = None) -> int:
         status["start_s"] = round(time.monotonic() - started, 2)
         print(json.dumps(status, indent=2))
         print(f"export EDGEWATCH_MQTT__PORT={stack.state.mqtt_port}", file=sys.stderr)
+        if args.central:  # what edgewatch-central needs to find this stack's engine
+            s = stack.state
+            print(f"export EDGEWATCH_KAFKA__BOOTSTRAP_SERVERS={s.kafka_bootstrap}\n"
+                  f"export EDGEWATCH_CENTRAL__SQL_GATEWAY={s.sql_gateway}\n"
+                  f"export EDGEWATCH_CENTRAL__FLINK_REST={s.flink_rest}\n"
+                  f"export EDGEWATCH_CENTRAL__CHECKPOINT_DIR={stack.checkpoint_dir}",
+                  file=sys.stderr)  # fmt: skip
     elif args.command == "down":
         stack.down()
     elif args.command == "destroy":

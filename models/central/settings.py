@@ -62,7 +62,7 @@ class CentralEngineSettings(StrictModel):
         "before each `sql` command, e.g. shared table DDL.",
     )
     checkpoint_dir: Path = Field(
-        Path(".cache/stack/dev/flink/checkpoints"),
+        REPO_JOBS.parents[1] / ".cache" / "stack" / "dev" / "flink" / "checkpoints",
         description="Directory the engine writes retained checkpoints to (the dev stack's "
         "DIR/flink/checkpoints); `jobs up` resumes each job from its newest checkpoint "
         "here, so it must be a path this command can list (local disk or a shared mount).",
