@@ -29,8 +29,10 @@ Contract:
   ``query_frame`` applies the changelog (a retraction removes one equal row) and returns the
   final result as a pandas DataFrame: for results that end (a bounded source, e.g. a Kafka
   table with ``'scan.bounded.mode' = 'latest-offset'``, batch mode, or ``limit=``).
-- Leaving a ``query`` generator early (``limit`` reached, ``break``, an exception) closes
-  the operation, which cancels the Flink job behind an unbounded query.
+- A query over an unbounded source (a live Kafka topic) never ends by itself, not even
+  with ``LIMIT`` in its SQL (Flink keeps the job waiting for input): pass ``limit=`` or
+  stop iterating. Leaving a ``query`` generator early (``limit`` reached, ``break``, an
+  exception) closes the operation, which cancels the Flink job behind it.
 - Errors: an HTTP error or a failed operation raises :class:`SqlEngineError` whose message is
   the engine's root cause (e.g. ``SQL validation failed. From line 1, column 15 to line 1,
   column 20: Object 'nosuch' not found``), not the Java stack trace (kept in ``.trace``).
@@ -49,8 +51,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -238,21 +239,28 @@ def error_from_response(status: int, raw: bytes) -> SqlEngineError:
 
 def apply_changelog(changes: Iterable[Change]) -> list[dict[str, Any]]:
     """The result a changelog describes: INSERT/UPDATE_AFTER add a row, UPDATE_BEFORE/DELETE
-    remove one equal row (order of first appearance is kept)."""
-    rows: list[dict[str, Any]] = []
-    live: Counter[str] = Counter()
-    for change in changes:
-        key = json.dumps(change.row, sort_keys=True, default=str)
+    remove one equal row (the newest such). Rows keep the order they were added in; linear
+    in the number of changes."""
+    rows: dict[int, dict[str, Any]] = {}
+    positions: dict[Hashable, list[int]] = {}
+    for sequence, change in enumerate(changes):
+        key = _row_key(change.row)
         if change.kind in ADDING_KINDS:
-            rows.append(change.row)
-            live[key] += 1
-        elif live[key] > 0:
-            live[key] -= 1
-            for index in range(len(rows) - 1, -1, -1):
-                if json.dumps(rows[index], sort_keys=True, default=str) == key:
-                    del rows[index]
-                    break
-    return rows
+            rows[sequence] = change.row
+            positions.setdefault(key, []).append(sequence)
+        elif positions.get(key):
+            del rows[positions[key].pop()]
+    return list(rows.values())
+
+
+def _row_key(row: dict[str, Any]) -> Hashable:
+    """Equal rows, equal keys (rows of one result share their column order)."""
+    values = tuple(row.values())
+    try:
+        hash(values)
+    except TypeError:  # ARRAY / MAP / ROW values arrive as lists and dicts
+        return json.dumps(values, sort_keys=True, default=str)
+    return values
 
 
 def row_view(change: Change, *, changelog: bool) -> dict[str, Any] | None:
