@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 JARS   := .cache/kafka-libs/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps central-deps lint typecheck pytest test test-unit demo loop bench stack-up stack-down stack-status bundles clean
+.PHONY: setup system-deps central-deps lint typecheck pytest test test-unit test-deploy deploy-deps demo loop bench stack-up stack-down stack-status bundles clean
 
 setup: system-deps $(STAMP) $(JARS) central-deps
 
@@ -40,13 +40,23 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: setup
+pytest: setup deploy-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -m "not broker" $(PYTEST_ARGS)
 
 test: setup lint typecheck pytest
+
+# The install on a booted Debian 12 (systemd-nspawn; root). The Debian root is debootstrapped
+# once into $EDGEWATCH_CACHE (default ~/.cache/edgewatch), outside the clone.
+deploy-deps:
+	@command -v systemd-nspawn >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq systemd-container debootstrap; }
+	$(SUDO) $(PY) deploy/dev/nspawn.py base
+
+test-deploy: setup deploy-deps
+	$(SUDO) $(PY) -m pytest tests/deploy $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) deploy/dev/demo.py

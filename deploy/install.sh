@@ -116,10 +116,15 @@ id edgewatch >/dev/null 2>&1 || \
   useradd --system --home-dir /var/lib/edgewatch --no-create-home --shell /usr/sbin/nologin edgewatch
 
 python3 -m venv "$PREFIX/venv"
-pip=("$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "${PIP_ARGS[@]}")
-"${pip[@]}" "$REPO[edge]"
-# An upgrade from a source tree of the same version: replace edgewatch's own files.
-"${pip[@]}" --no-deps --force-reinstall "$REPO"
+pip=("$PREFIX/venv/bin/pip" --disable-pip-version-check -q)
+wheels="$(mktemp -d)"
+trap 'rm -rf "$wheels"' EXIT
+# Build once (the source tree may be read-only), then install it with the edge extra; the
+# second step replaces edgewatch's own files on an upgrade from a tree of the same version.
+"${pip[@]}" wheel "${PIP_ARGS[@]}" --no-deps --wheel-dir "$wheels" "$REPO"
+wheel="$(echo "$wheels"/edgewatch-*.whl)"
+"${pip[@]}" install "${PIP_ARGS[@]}" "$wheel[edge]"
+"${pip[@]}" install "${PIP_ARGS[@]}" --no-deps --force-reinstall "$wheel"
 
 install -d -m 0755 "$PREFIX/bundles" "$ETC" "$ETC/trusted-keys"
 install -d -m 0700 "$ETC/credentials"
@@ -186,12 +191,12 @@ for service in "${SERVICES[@]}"; do
   properties=(-p User=edgewatch -p Group=edgewatch)
   while IFS= read -r credential; do
     source="${credential#*:}"
-    if [ ! -f "$source" ]; then
+    if [ -f "$source" ]; then
+      properties+=(-p "LoadCredential=$credential")
+    else
       echo "edgewatch-$service: missing secret $source (one line, mode 0600)" >&2
       failed=1
-      continue 2
     fi
-    properties+=(-p "LoadCredential=$credential")
   done < <(sed -n 's/^LoadCredential=//p' "$unit")
   systemd-run --quiet --wait --pipe --collect "${properties[@]}" \
     "$PREFIX/venv/bin/edgewatch-$service" validate-config "$ETC/$service.toml" || failed=1
