@@ -13,10 +13,12 @@ Mosquitto comes from Debian's package; the Kafka jars are fetched from Maven Cen
 ``deploy/dev/kafka/pom.xml`` into ``.cache/kafka-libs`` on first use.
 
 The central engine (``--central``; plain ``up`` never touches it): Apache Flink 2.3.0 as a
-JobManager, one TaskManager (4 slots, default parallelism 1) and the SQL Gateway, each a
-Java process started in the foreground under our own ``Popen`` (own session, pid recorded in
-stack.json), so ``down`` stops them with SIGTERM and ``stop_central(hard=True)`` kills them
-with SIGKILL, like a crash. Every port is a free loopback port; the config dir, logs,
+JobManager, one TaskManager (4 slots, default parallelism 1) and the SQL Gateway, each one
+``java`` process started directly under our own ``Popen`` (own session, pid recorded in
+stack.json; the command lines are those of the distribution's scripts, whose config-parsing
+JVM runs are skipped), so ``down`` stops them with SIGTERM and ``stop_central(hard=True)``
+kills them with SIGKILL, like a crash. Logs: ``DIR/flink/log/{jobmanager,taskmanager,
+sql-gateway}.log``. Every port is a free loopback port; the config dir, logs,
 checkpoints (retained on cancellation) and savepoints live under ``DIR/flink``. The Flink
 distribution is assembled once outside the clone, in ``$EDGEWATCH_CACHE/flink-2.3.0``
 (default ``~/.cache/edgewatch``): bin/ and conf/ from the ``apache-flink`` wheel, lib/ and opt/
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import hashlib
 import json
 import os
 import shutil
@@ -183,7 +186,8 @@ def ensure_flink_home() -> Path:
     for script in (partial / "bin").iterdir():
         if script.suffix in {".sh", ""}:
             script.chmod(0o755)
-    needed = ["bin/sql-gateway.sh", "lib/flink-dist-*.jar", "opt/flink-sql-gateway-*.jar",
+    needed = ["bin/bash-java-utils.jar", "conf/config.yaml", "conf/log4j-console.properties",
+              "lib/flink-dist-*.jar", "opt/flink-sql-gateway-*.jar",
               "lib/flink-sql-connector-kafka-*.jar"]  # fmt: skip
     absent = [pattern for pattern in needed if not any(partial.glob(pattern))]
     if absent:
@@ -470,30 +474,58 @@ class Stack:
         s.flink_blob_port = s.flink_blob_port or free_port()
         s.sql_gateway_port = s.sql_gateway_port or free_port()
         conf = self.flink_dir / "conf"
-        for sub in ("conf", "log", "pids", "tmp", "checkpoints", "savepoints"):
+        for sub in ("conf", "log", "tmp", "checkpoints", "savepoints"):
             (self.flink_dir / sub).mkdir(parents=True, exist_ok=True)
-        (conf / "config.yaml").write_text(self._flink_config(home))
+        settings = self._flink_settings(home)
+        (conf / "config.yaml").write_text(_yaml(settings, f"written by {__file__} for {self.dir}"))
         shutil.copy(home / "conf" / "log4j-console.properties", conf)
         env = {name: value for name, value in os.environ.items()
                if not name.startswith(("FLINK_", "_FLINK_"))}  # fmt: skip
-        env |= {
-            "FLINK_CONF_DIR": str(conf),
-            "FLINK_LOG_DIR": str(self.flink_dir / "log"),
-            "FLINK_PID_DIR": str(self.flink_dir / "pids"),
-        }
-        scripts = {"jobmanager": "jobmanager.sh", "taskmanager": "taskmanager.sh",
-                   "sql-gateway": "sql-gateway.sh"}  # fmt: skip
-        for name, script in scripts.items():
+        env["FLINK_CONF_DIR"] = str(conf)
+        commands = self._central_commands(home, conf, settings)
+        for name, command in commands.items():
             if pid_alive(s.central_pids[name]):
                 continue
-            # start-foreground execs java: the pid we record is the JVM's own.
-            out = (self.flink_dir / "log" / f"{name}.launcher.log").open("ab")
-            proc = subprocess.Popen(
-                [str(home / "bin" / script), "start-foreground"],
-                stdout=out, stderr=out, env=env, start_new_session=True,
-            )  # fmt: skip
+            out = (self.flink_dir / "log" / f"{name}.out").open("ab")
+            proc = subprocess.Popen(command, stdout=out, stderr=out, env=env,
+                                    start_new_session=True)  # fmt: skip
             setattr(s, f"{name.replace('-', '_')}_pid", proc.pid)
         self._save()
+
+    def _central_commands(
+        self, home: Path, conf: Path, settings: dict[str, object]
+    ) -> dict[str, list[str]]:
+        """The three JVMs' command lines, as the distribution's scripts build them (lib/ on
+        the classpath, its JVM options, the memory sizes Flink derives from the config) but
+        without the scripts' five extra JVM runs per start (config parsing, sizing)."""
+        lib = sorted(p for p in (home / "lib").glob("*.jar") if not p.name.startswith("flink-dist"))
+        dist = sorted((home / "lib").glob("flink-dist*.jar"))
+        gateway_jars = [*(home / "opt").glob("flink-sql-gateway-*.jar"),
+                        *(home / "opt").glob("flink-python-*.jar")]  # fmt: skip
+        classpath = ":".join(str(p) for p in [*lib, *dist])
+        java = ["java", "-XX:+IgnoreUnrecognizedVMOptions",
+                *str(settings["env.java.opts.all"]).split()]  # fmt: skip
+        jm_jvm, jm_dynamic = _resource_params(home, conf, settings, "GET_JM_RESOURCE_PARAMS")
+        tm_jvm, tm_dynamic = _resource_params(home, conf, settings, "GET_TM_RESOURCE_PARAMS")
+        log_dir = self.flink_dir / "log"
+
+        def logging(name: str) -> list[str]:
+            config = f"file:{conf / 'log4j-console.properties'}"
+            return [f"-Dlog.file={log_dir / name}.log", f"-Dlog4j.configurationFile={config}",
+                    "-Dconsole.log.level=OFF"]  # fmt: skip
+
+        return {
+            "jobmanager": [*java, *jm_jvm, *logging("jobmanager"), "-classpath", classpath,
+                           "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint",
+                           *jm_dynamic, "--configDir", str(conf)],
+            "taskmanager": [*java, *tm_jvm, *logging("taskmanager"), "-classpath", classpath,
+                            "org.apache.flink.runtime.taskexecutor.TaskManagerRunner",
+                            "--configDir", str(conf), *tm_dynamic],
+            "sql-gateway": [*java, *str(settings["env.java.opts.sql-gateway"]).split(),
+                            *logging("sql-gateway"), "-classpath",
+                            ":".join([classpath, *map(str, gateway_jars)]),
+                            "org.apache.flink.table.gateway.SqlGateway"],
+        }  # fmt: skip
 
     def _central_ready(self) -> bool:
         overview = http_json(f"{self.state.flink_rest}/v1/overview")
@@ -514,12 +546,9 @@ class Stack:
         raise StackError(f"the Flink engine did not become ready within {START_TIMEOUT_S:.0f}s")
 
     def _flink_log_tail(self, name: str) -> str:
-        service = {"jobmanager": "standalonesession", "taskmanager": "taskexecutor"}.get(name, name)
-        logs = sorted((self.flink_dir / "log").glob(f"flink-*-{service}-*.log"),
-                      key=lambda path: path.stat().st_mtime)  # fmt: skip
-        logs.append(self.flink_dir / "log" / f"{name}.launcher.log")
+        logs = [self.flink_dir / "log" / f"{name}.log", self.flink_dir / "log" / f"{name}.out"]
         return "\n".join(f"== {log.name}\n{log.read_text(errors='replace')[-1500:]}"
-                         for log in logs[-3:] if log.exists())  # fmt: skip
+                         for log in logs if log.exists())  # fmt: skip
 
     def stop_central(self, *, hard: bool = False) -> None:
         """Stop the engine; ``hard`` kills all three JVMs with SIGKILL at once (a crash:
@@ -538,10 +567,10 @@ class Stack:
         self.state.sql_gateway_pid = None
         self._save()
 
-    def _flink_config(self, home: Path) -> str:
+    def _flink_settings(self, home: Path) -> dict[str, object]:
         s, d = self.state, self.flink_dir
         java_opts = _yaml_value(home / "conf" / "config.yaml", "all")
-        settings = {
+        return {
             "jobmanager.rpc.address": "127.0.0.1",
             "jobmanager.rpc.port": s.flink_rpc_port,
             "jobmanager.bind-host": "127.0.0.1",
@@ -573,14 +602,9 @@ class Stack:
             "execution.checkpointing.num-retained": 2,
             "io.tmp.dirs": str(d / "tmp"),
             "web.tmpdir": str(d / "tmp"),
-            "env.stdout-err.redirect-to-file": "true",
             "env.java.opts.all": java_opts,
             "env.java.opts.sql-gateway": f"-Xms64m -Xmx{FLINK_GATEWAY_HEAP}",
         }
-        lines = [f"# written by deploy/dev/stack.py for {self.dir}; rewritten on every start"]
-        lines += [f"{key}: {json.dumps(value) if isinstance(value, str) else value}"
-                  for key, value in settings.items()]  # fmt: skip
-        return "\n".join(lines) + "\n"
 
     # All -----------------------------------------------------------------------------------
     def up(self, *, central: bool = False) -> StackState:
@@ -641,6 +665,45 @@ def _kafka_cluster_id(seed: str) -> str:
     raw = bytearray(uuid.UUID(hex=seed.ljust(32, "0")[:32]).bytes)
     raw[0] &= 0x7F
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _yaml(settings: dict[str, object], comment: str) -> str:
+    """Flink's config.yaml with flat keys (strings JSON-quoted, which YAML reads alike)."""
+    lines = [f"# {comment}; rewritten on every start"]
+    lines += [f"{key}: {json.dumps(value) if isinstance(value, str) else value}"
+              for key, value in settings.items()]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _resource_params(
+    home: Path, conf: Path, settings: dict[str, object], command: str
+) -> tuple[list[str], list[str]]:
+    """The JVM options (-Xmx, metaspace, direct memory) and ``-D`` sizes Flink derives from
+    the memory settings, as its start scripts ask BashJavaUtils for them; cached in the
+    distribution directory per distinct memory configuration (it costs a JVM start)."""
+    memory = {k: v for k, v in settings.items() if ".memory." in k or "numberOfTaskSlots" in k}
+    digest = hashlib.sha256(json.dumps([command, memory], sort_keys=True).encode()).hexdigest()
+    cache = home / ".resource-params" / f"{command}-{digest[:16]}.json"
+    if cache.exists():
+        jvm, dynamic = json.loads(cache.read_text())
+        return list(jvm), list(dynamic)
+    classpath = ":".join([str(home / "bin" / "bash-java-utils.jar"),
+                          *map(str, sorted((home / "lib").glob("flink-dist*.jar")))])  # fmt: skip
+    run = subprocess.run(
+        ["java", "-classpath", classpath, "org.apache.flink.runtime.util.bash.BashJavaUtils",
+         command, "--configDir", str(conf)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    prefix = "BASH_JAVA_UTILS_EXEC_RESULT:"
+    results = [line[len(prefix) :] for line in run.stdout.splitlines() if line.startswith(prefix)]
+    if run.returncode != 0 or len(results) != 2:
+        raise StackError(f"Flink could not size its {command[4:6]} memory:\n{run.stdout[-2000:]}")
+    jvm, dynamic = results[0].split(), results[1].split()
+    cache.parent.mkdir(exist_ok=True)
+    partial = cache.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps([jvm, dynamic]))
+    partial.replace(cache)
+    return jvm, dynamic
 
 
 def _yaml_value(path: Path, key: str) -> str:

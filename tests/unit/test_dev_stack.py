@@ -28,7 +28,8 @@ def test_central_engine_config_binds_loopback_and_keeps_checkpoints(tmp_path: Pa
     (home / "conf" / "config.yaml").write_text(
         "env:\n  java:\n    opts:\n      all: --add-opens=x\n"
     )
-    config = dict(line.split(": ", 1) for line in stack._flink_config(home).splitlines()[1:])
+    text = module._yaml(stack._flink_settings(home), "test")
+    config = dict(line.split(": ", 1) for line in text.splitlines()[1:])
     assert config["rest.port"] == "18081"
     assert config["sql-gateway.endpoint.rest.port"] == "18083"
     assert config["blob.server.port"] == "16124"
