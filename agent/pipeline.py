@@ -220,7 +220,8 @@ class Pipeline:
         else:  # each device's own threshold; a warming device never alerts
             warming, thresholds = prepared.warming, prepared.thresholds.tolist()
             anomalies = ((exact >= prepared.thresholds) & ~np.array(warming, bool)).tolist()
-        shadow = self._shadow(stream, [items[j] for j in keep], scaled, exact, serving_s)
+        shadow = self._shadow(stream, [items[j] for j in keep], scaled, exact,
+                              serving_alerts=anomalies, serving_s=serving_s)  # fmt: skip
         for n, j in enumerate(keep):
             i, device, _, document = items[j]
             inbound = batch[i]
@@ -256,35 +257,46 @@ class Pipeline:
         self,
         stream: str,
         items: list[tuple[int, str, str, dict[str, Any]]],
-        rows: npt.NDArray[np.float32],
+        rows: Rows,
         serving: npt.NDArray[np.float64],
+        *,
+        serving_alerts: list[bool],
         serving_s: float,
     ) -> list[dict[str, Any] | None] | None:
-        """The stream's second model on the rows the serving one scored; figures recorded."""
+        """The stream's second model on the rows the serving one scored; figures recorded.
+
+        It reuses the serving model's rows when both read the same features without
+        baselines, and vectorizes the payloads itself otherwise.
+        """
         other = self.shadows.get(stream)
         if other is None:
             return None
         started = time.perf_counter()
         figures = self.shadow_figures.setdefault(stream, ShadowFigures())
-        served = self.models[stream].manifest
+        served = self.models[stream]
         try:
             ok, own = list(range(len(items))), rows
-            if other.manifest.features != served.features:
-                own, rejections = other.manifest.features.vectorize([it[3] for it in items])
+            if (other.manifest.features != served.manifest.features
+                    or other.baselines is not None or served.baselines is not None):  # fmt: skip
+                own, rejections = other.vectorize([it[3] for it in items])
                 refused = {r.index for r in rejections}
                 ok = [j for j in ok if j not in refused]
                 own = own[ok]
-            inputs = other.windows.push([items[j][1] for j in ok], own)
+            inputs, prepared = other.inputs([items[j][1] for j in ok], own)
             values = other.scorer.score(inputs).scores.astype(np.float64)
         except Exception:  # noqa: BLE001 - a model under test must never stop serving
             figures.shadow_errors += len(items)
             figures.shadow_s += time.perf_counter() - started
             return None
-        alerts = values >= other.manifest.score.threshold
+        figures.shadow_s += time.perf_counter() - started  # inputs and inference, as serving_s
+        if prepared is None:
+            alerts = values >= other.manifest.score.threshold
+        else:  # its own per-device thresholds; a warming device never alerts
+            alerts = (values >= prepared.thresholds) & ~np.array(prepared.warming, bool)
         paired = serving[ok]
         figures.events += len(ok)
         figures.shadow_errors += len(items) - len(ok)
-        figures.serving_alerts += int((paired >= served.score.threshold).sum())
+        figures.serving_alerts += sum(serving_alerts[j] for j in ok)
         figures.shadow_alerts += int(alerts.sum())
         figures.serving_s += serving_s
         figures.serving_scores = np.concatenate((figures.serving_scores, paired))
@@ -294,7 +306,6 @@ class Pipeline:
         for j, score, anomaly in zip(ok, np.round(values, 6).tolist(), alerts.tolist(),
                                      strict=True):  # fmt: skip
             out[j] = {"model": model, "score": score, "anomaly": anomaly}
-        figures.shadow_s += time.perf_counter() - started
         return out
 
     def _reject(  # noqa: PLR0917 - a private helper with one call shape

@@ -33,8 +33,10 @@ candidate in shadow and the promoted model on probation:
 - rank agreement: Spearman correlation of the two models' scores ≥ ``min_rank_correlation``,
   over a uniform sample of the window's score pairs (reservoir of ``rank_sample`` pairs,
   so memory is bounded whatever the window's length; fewer than 3 pairs are not judged);
-- latency: the 95th percentile of the new model's time per batch ≤
-  ``batch_latency_budget_ms`` (same reservoir bound).
+- latency: the 95th percentile of the new model's time per batch (its inputs and inference)
+  within ``batch_latency_budget_ms``, or else within ``batch_latency_ratio_max`` times the
+  old model's on the same batches: a box busy with other work slows both models alike and
+  must not reject a candidate for it (same reservoir bound).
 
 Bounds: a window holds O(``rank_sample``) numbers; ``previous`` keeps at most
 ``max_previous`` versions; the rejected and rolled-back sets grow by one per release.
@@ -103,6 +105,7 @@ class Rules:
     alert_rate_slack: float = 0.01
     min_rank_correlation: float = 0.8
     batch_latency_budget_ms: float = 50.0
+    batch_latency_ratio_max: float = 3.0
     max_errors: int = 0
     rank_sample: int = 1024
 
@@ -200,7 +203,7 @@ class Window:
         self.started = started
         self.events = self.new_alerts = self.old_alerts = self.errors = self.batches = 0
         self.pairs = Reservoir(rank_sample, 2, rng)
-        self.batch_ms = Reservoir(rank_sample, 1, rng)
+        self.batch_ms = Reservoir(rank_sample, 2, rng)  # new, old model per batch
 
     def add(self, figures: ShadowFigures, new_is_shadow: bool) -> None:
         f = figures
@@ -209,16 +212,16 @@ class Window:
         self.errors += f.shadow_errors if new_is_shadow else 0
         new_alerts, old_alerts = f.shadow_alerts, f.serving_alerts
         new_scores, old_scores = f.shadow_scores, f.serving_scores
-        new_s = f.shadow_s
+        new_s, old_s = f.shadow_s, f.serving_s
         if not new_is_shadow:
             new_alerts, old_alerts = old_alerts, new_alerts
             new_scores, old_scores = old_scores, new_scores
-            new_s = f.serving_s
+            new_s, old_s = old_s, new_s
         self.new_alerts += new_alerts
         self.old_alerts += old_alerts
         if f.events:
             self.pairs.add(np.column_stack((new_scores, old_scores)))
-            self.batch_ms.add([new_s * 1000])
+            self.batch_ms.add([new_s * 1000, old_s * 1000])
 
     def verdict(self, rules: Rules, now: float) -> Verdict:
         r = rules
@@ -229,17 +232,27 @@ class Window:
         pairs = self.pairs.sample()
         rho = spearman(pairs[:, 0], pairs[:, 1])
         times = self.batch_ms.sample()
-        p95 = float(np.percentile(times, 95)) if len(times) else None
+        p95 = p95_old = None
+        if len(times):
+            p95, p95_old = (float(v) for v in np.percentile(times, 95, axis=0))
         failures = []
         if self.errors > r.max_errors:
             failures.append(f"{self.errors} errors (at most {r.max_errors})")
         if self.events and not low <= new_rate <= high:
-            failures.append(f"alert rate {new_rate:.4f} outside {low:.4f}–{high:.4f} "
-                            f"(current {old_rate:.4f})")  # fmt: skip
+            failures.append(
+                f"alert rate {new_rate:.4f} outside {low:.4f}–{high:.4f} (current {old_rate:.4f})"
+            )
         if rho is not None and rho < r.min_rank_correlation:
             failures.append(f"rank correlation {rho:.3f} below {r.min_rank_correlation}")
-        if p95 is not None and p95 > r.batch_latency_budget_ms:
-            failures.append(f"p95 batch time {p95:.2f} ms over {r.batch_latency_budget_ms} ms")
+        if (
+            p95 is not None
+            and p95_old is not None
+            and p95 > max(r.batch_latency_budget_ms, r.batch_latency_ratio_max * p95_old)
+        ):
+            failures.append(
+                f"p95 batch time {p95:.2f} ms over {r.batch_latency_budget_ms} ms and "
+                f"{r.batch_latency_ratio_max}x the current {p95_old:.2f} ms"
+            )
         figures = {
             "events": self.events,
             "seconds": round(now - self.started, 3),
@@ -249,6 +262,7 @@ class Window:
             "rank_correlation": None if rho is None else round(rho, 4),
             "rank_pairs": len(pairs),
             "p95_batch_ms": None if p95 is None else round(p95, 3),
+            "p95_batch_ms_current": None if p95_old is None else round(p95_old, 3),
             "errors": self.errors,
         }
         return Verdict(not failures, tuple(failures), figures)

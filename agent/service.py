@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as paho
 
 from agent.acks import AckTracker, Publish
@@ -338,6 +339,14 @@ class AgentService:
                                            info["sha256"]).set(1)  # fmt: skip
         log.info("stream %s: serving %s (sha256 %s…)", stream, bundle.label, bundle.sha256[:12])
 
+    def _warmed(self, model: StreamModel) -> StreamModel:
+        """Run the model once at the batch sizes the agent uses, so that its interpreters
+        exist before its batches are timed (allocating one took ~50 ms on a busy box)."""
+        width = model.manifest.features.input_width
+        for rows in sorted({1, self.settings.batch_max}):
+            model.scorer.score(np.zeros((rows, width), dtype=np.float32))
+        return model
+
     def _apply_model_updates(self) -> None:
         with self._models_lock:
             updates, self._pending_models = self._pending_models, {}
@@ -403,7 +412,9 @@ class AgentService:
             self._serve(stream, StreamModel(offered[0], self.settings.max_devices))
         elif kind == "shadow_started" and offered is not None:
             try:
-                pipeline.shadows[stream] = StreamModel(offered[0], self.settings.max_devices)
+                pipeline.shadows[stream] = self._warmed(
+                    StreamModel(offered[0], self.settings.max_devices)
+                )
             except EdgewatchError as exc:
                 pipeline.shadows.pop(stream, None)
                 decision = entry.rollout.drop_candidate(f"does not load: {exc}")

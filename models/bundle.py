@@ -135,6 +135,9 @@ class RolloutRules(BaseModel):
         None, ge=-1, le=1, description="Spearman floor between the two models' scores."
     )
     batch_latency_budget_ms: float | None = Field(None, gt=0, description="p95 batch time.")
+    batch_latency_ratio_max: float | None = Field(
+        None, gt=0, description="p95 batch time as a multiple of the current model's."
+    )
     max_errors: int | None = Field(None, ge=0, description="Rows the model may fail on.")
 
 

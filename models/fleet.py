@@ -163,7 +163,7 @@ def describe_stream(stream: str, view: StreamView) -> str:
     )
     last = view.last
     if last:
-        change = f"{_v(last.get('from_version'))}->{_v(last.get('to_version'))}"
+        change = f"{_v(last.get('from_version'))} -> {_v(last.get('to_version'))}"
         text += (
             f"; last {last.get('kind')} {change} at {_when(last.get('at') or 0)}: "
             f"{last.get('reason')}{_figures(last.get('figures'))}"

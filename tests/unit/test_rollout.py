@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from agent.rollout import Phase, Reservoir, Rollout, Rules, ShadowFigures, Version, spearman
-from models.bundle import Cohort, Manifest, RolloutRules, RolloutSpec, load_private_key, node_bucket
+from models.bundle import (
+    Bundle,
+    Cohort,
+    Manifest,
+    RolloutRules,
+    RolloutSpec,
+    load_private_key,
+    node_bucket,
+)
 from models.instructions import (
     InstructionError,
     instruction_key,
@@ -133,7 +141,7 @@ def test_disagreeing_ranks_and_slow_batches_are_rejected() -> None:
     rollout, rng = shadowing(), np.random.default_rng(5)
     (decision,) = run(rollout, rng, 11, start=0.0, step=1.0, shadow_s=0.2)
     assert decision.kind == "rejected"
-    assert "p95 batch time 200.00 ms over 50.0 ms" in decision.reason
+    assert "p95 batch time 200.00 ms over 50.0 ms and 3.0x the current 1.00 ms" in decision.reason
 
 
 def test_bundle_overrides_the_box_rules() -> None:
@@ -353,9 +361,9 @@ def test_fleet_view_folds_statuses_and_transitions() -> None:
     lines = text.splitlines()
     assert len(lines) == 3  # a header and one line per box
     assert "payments: pay active v2 candidate - previous v1 (probation)" in lines[1]
-    assert "last promoted v1->v2" in lines[1]
+    assert "last promoted v1 -> v2" in lines[1]
     assert "[300 events, alerts 0.04 vs 0.039, rank 1.0, p95 0.4 ms]" in lines[1]
-    assert "last rejected v1->v3" in lines[2]
+    assert "last rejected v1 -> v3" in lines[2]
     assert "online?" not in lines[1]
     assert "online?" in render(boxes, now=1000.0).splitlines()[1]  # not heard of: stale
 
@@ -389,3 +397,54 @@ def test_store_keeps_few_bundles_and_verifies_them_again(tmp_path: Path) -> None
     memory = ModelStore(None, keep=2, trusted=trusted)
     memory.put(bundles[0], sign_bundle(make_manifest(b"m", version=1), b"m", key))
     assert memory.get("demo", 1) is not None
+
+
+def _payments(version: int, **changes: object) -> Bundle:
+    """The shipped payments model as ``version``, re-signed with the development key."""
+    from models.bundle import load_trusted_keys, read_unverified, sign_bundle, verify_bundle
+
+    repo = Path(__file__).resolve().parents[2]
+    manifest, model, _ = read_unverified((repo / "models/bundles/payments-fraud.ewb").read_bytes())
+    private = repo / "deploy/dev/keys/dev-signing-key.DEVELOPMENT-ONLY.pem"
+    data = sign_bundle(manifest.model_copy(update={"version": version, **changes}), model,
+                       load_private_key(private))  # fmt: skip
+    return verify_bundle(data, load_trusted_keys(repo / "models/bundles"))
+
+
+def test_pipeline_scores_the_same_batch_with_the_shadow_model() -> None:
+    from agent.pipeline import Inbound, Limits, Pipeline, StreamModel
+    from agent.replay import messages_from_file
+    from plumbing.events import Topics
+
+    repo = Path(__file__).resolve().parents[2]
+    serving = _payments(1)
+    low = serving.manifest.score.model_copy(update={"threshold": 0.33})
+    topics = Topics()
+    pipeline = Pipeline(topics, Limits())
+    pipeline.models["payments"] = StreamModel(serving, 100)
+    pipeline.shadows["payments"] = StreamModel(_payments(2, score=low), 100)
+    messages = messages_from_file(repo / "models/samples/payments-holdout.csv", devices=2)[:200]
+    batch = [Inbound(topics.event(m.device, "raw", "payments"), m.payload) for m in messages]
+    outcomes = pipeline.process(batch)
+    events = [o.document for o in outcomes if o.document is not None]
+    assert all(e["shadow"]["model"]["version"] == 2 for e in events)
+    assert all(e["model"]["version"] == 1 for e in events)
+    assert all(e["shadow"]["score"] == e["score"] for e in events)  # same weights, same input
+    figures = pipeline.shadow_figures["payments"]
+    assert figures.events == 200
+    assert figures.serving_alerts == sum(e["anomaly"] for e in events)
+    assert figures.shadow_alerts == sum(e["shadow"]["anomaly"] for e in events) > 50
+    assert figures.shadow_errors == 0
+    # Only the serving model's alerts are published.
+    alerts = [t for o in outcomes for t, _ in o.publishes if "/alerts/" in t]
+    assert len(alerts) == figures.serving_alerts
+
+    class Broken:
+        def score(self, _inputs: object) -> None:
+            raise RuntimeError("candidate broke")
+
+    pipeline.shadows["payments"].scorer = Broken()  # type: ignore[assignment]
+    outcomes = pipeline.process(batch[:10])
+    assert len(outcomes) == 10
+    assert all("shadow" not in o.document for o in outcomes if o.document)
+    assert pipeline.shadow_figures["payments"].shadow_errors == 10
