@@ -466,7 +466,13 @@ def test_rollback_instruction_from_the_centre_and_forgeries(fleet: Fleet) -> Non
             counted = f'edgewatch_agent_instructions_refused_total{{reason="{reason}"}}'
             assert scrape(box.metrics_port).get(counted) == 1.0
             assert box.serving("instr") == 2
-    fleet.publish_raw(key, json.dumps(signed).encode())
+    # The genuine one, signed and published by the command the centre uses.
+    subprocess.run(
+        [sys.executable, "-m", "models.cli", "serve-version", "--config", str(fleet.central),
+         "--model", "ro-instr", "--version", "1", "--key", str(DEV_PRIVATE),
+         "--nodes", "box-a,box-b", "--reason", "fraud team"],
+        check=True, capture_output=True,
+    )  # fmt: skip
     for box in fleet.boxes[:2]:
         decision = box.wait_transition("instr", "rolled_back", 1)
         assert decision["reason"] == "instruction from the centre: fraud team"
