@@ -1,26 +1,74 @@
-"""Spool → Kafka: ordered produce, delivery callbacks, watermark deletes, outage probing.
+"""Routed messages → Kafka: straight while Kafka keeps up, through the spool when it does not.
 
-Runs on one thread, which is also the thread that calls ``producer.poll`` and so runs
-every delivery callback: no locks around the in-flight bookkeeping. Kafka's own retries
-are unbounded (``message.timeout.ms=0``) so the idempotent producer keeps per-partition
-order through an outage; the number of messages handed to it is bounded by
-``inflight_max``, the rest waits in the spool.
+One thread, the pump, runs everything after paho's network thread: spool writes, every
+``producer.produce`` and ``producer.poll`` (so every delivery callback) and the MQTT acks.
+No locks guard the bookkeeping, and records reach the one idempotent producer in the order
+MQTT delivered them, which is what keeps per-key (per-device) order.
+
+The state machine (``path``)::
+
+              Kafka down, or the oldest record in flight waited > max_wait_s
+          ┌──────────────────────────────────────────────────────────────────┐
+          │                                                                  v
+       DIRECT                                                              SPOOL
+          ^                                                                  │
+          └──────────────────────────────────────────────────────────────────┘
+              Kafka up, every spool row handed over, no direct record left, and
+              nothing in flight or the last deliveries took < resume_wait_s
+
+DIRECT: a message is produced as soon as it is routed and stays unacknowledged on MQTT
+until Kafka acknowledged it (acks=all); only then is it acked. Until then the broker's
+session holds it: after kill -9 it is delivered again. Nothing is written locally.
+
+SPOOL: a group of messages is committed to the spool (one fsync) and acked on MQTT then;
+rows are produced in sequence order and deleted up to the delivered watermark. While Kafka
+is down nothing is produced; the outage is probed with jittered backoff.
+
+DIRECT → SPOOL: the direct records still in flight are written to the spool first, in
+order, in one transaction ("rescued"), and acked: the broker's window (Receive Maximum)
+frees up, so an outage fills the spool, not the broker. They are not produced again (the
+cursor moves past them); their rows go once Kafka delivers the copies already handed over.
+A message is spooled only after every earlier one is spooled or delivered: while rescued
+records cannot all be stored (spool full under ``pause``), new messages wait.
+
+SPOOL → DIRECT: only once every spool row has been handed to the producer, so rows still in
+flight precede every direct record in the producer's queue; librdkafka keeps that order per
+partition through retries (idempotence, unbounded ``message.timeout.ms``).
+
+Stop: what is in flight is delivered (within the drain timeout), then every message taken
+in but not yet acked is spooled and acked, as at a switch; what is still queued stays
+unacked (the broker keeps it). Restart: the spool is replayed first (the pump starts on
+SPOOL when it holds rows); what the broker redelivers came later and is spooled behind it.
+Duplicates are possible (at least once, by event id); reordering of first deliveries per
+key is not.
+
+Durable when: a direct record, once Kafka acked it (then it is acked on MQTT); a spooled
+or rescued record, once its transaction committed (then it is acked on MQTT). Before
+that, the MQTT session holds the message.
+
+Rejections: a record Kafka refuses for good is replaced by its dead-letter record, produced
+at once; the original stays in flight (its row kept, its MQTT ack withheld) until the
+dead-letter record is delivered.
+
+Bounds: spool rows in flight ≤ ``inflight_max``; direct records in flight ≤ the MQTT window
+(mqtt.receive_maximum: the broker sends no more unacked messages); records waiting for room
+in the spool ≤ one intake group (the service takes no more meanwhile).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from enum import Enum
 from functools import partial
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from bridge.metrics import BridgeMetrics
-from bridge.spool import Record, Spool
+from bridge.spool import Record, Spool, SpoolFullError
 from plumbing.settings import LibrdkafkaValue
 
 log = logging.getLogger(__name__)
@@ -34,6 +82,15 @@ OUTAGE_CODES = {
 READ_BATCH = 2000
 DELETE_EVERY_ROWS = 5000
 DELETE_EVERY_S = 0.5
+IDLE_POLL_S = 0.002  # longest wait for delivery reports while records are in flight
+FULL_RETRY_S = 0.2  # wait before trying a full spool again
+
+Ack = Callable[[list[tuple[int, int]]], None]
+
+
+class Path(Enum):
+    DIRECT = "direct"
+    SPOOL = "spool"
 
 
 class Backoff:
@@ -61,51 +118,77 @@ class Forwarder:
         *,
         inflight_max: int,
         probe: Backoff,
-        on_rejected: Callable[[Record, KafkaError], None],
+        on_rejected: Callable[[Record, KafkaError], Record | None],
+        ack: Ack = lambda tokens: None,
         on_state: Callable[[bool], None] = lambda up: None,
+        direct: bool = False,
+        max_wait_s: float = 1.0,
+        resume_wait_s: float = 0.25,
     ) -> None:
         self.spool = spool
         self.metrics = metrics
         self.inflight_max = inflight_max
         self.probe = probe
         self.on_rejected = on_rejected
+        self.ack = ack
         self.on_state = on_state
-        self.wake = threading.Event()
+        self.direct_enabled = direct
+        self.max_wait_s = max_wait_s
+        self.resume_wait_s = resume_wait_s
         self.kafka_up = True
         self._next_probe = 0.0
         config = dict(producer_config)
         config["error_cb"] = self._on_error  # type: ignore[assignment]
         self.producer = Producer(config)
-        self._cursor = 0  # highest seq handed to the producer
-        self._sent: deque[int] = deque()  # seqs handed over, in order
-        self._done: set[int] = set()
-        self._records: dict[int, Record] = {}  # in flight, for dead-lettering on rejection
-        self._watermark = 0  # every seq <= this is delivered
-        self._deleted_through = 0
+        self.path = Path.SPOOL
+        self.metrics.direct.set(0)
+        self._flight: deque[Record] = deque()  # handed to the producer, in produce order
+        self._direct = 0  # records in flight whose MQTT ack waits for Kafka
+        self._cursor = 0  # every spool row with seq <= this was handed over
+        self._waiting: list[Record] = []  # taken in, not yet spooled or handed over
+        self._acks: list[tuple[int, int]] = []
+        self._replacements: list[Record] = []  # dead-letter records to produce
+        self._watermark = self._deleted_through = self._cursor  # rows <= it are delivered
         self._last_delete = time.monotonic()
         self._delivered_window = (time.monotonic(), 0)
         self.delivered = 0
         self._forwarded: Counter[str] = Counter()
+        self._step_latency = 0.0  # slowest delivery (handed → acked) in this step
+        self._latency = 0.0  # that of the last step with deliveries
 
-    # -- callbacks (run inside producer.poll on this thread) ---------------------------------
+    # -- callbacks (run inside producer.poll on the pump thread) -----------------------------
     def _on_error(self, error: KafkaError) -> None:
         self.metrics.delivery_errors.labels(error.name()).inc()
         if error.code() in OUTAGE_CODES and self.kafka_up:
             log.warning("Kafka unavailable (%s); spooling until it is back", error.str())
             self._set_up(False)
 
-    def _on_delivery(self, seq: int, error: KafkaError | None, message: Message) -> None:
-        record = self._records.pop(seq, None)
+    def _on_delivery(self, record: Record, error: KafkaError | None, message: Message) -> None:
         if error is None:
+            latency = time.monotonic() - record.handed
+            self._step_latency = max(self._step_latency, latency)
             self._forwarded[message.topic() or ""] += 1  # to the metric once per step
             self.delivered += 1
             if not self.kafka_up:
                 self._set_up(True)
+            self._finish(record)
+            return
+        self.metrics.delivery_errors.labels(error.name()).inc()
+        replacement = self.on_rejected(record, error)
+        if replacement is None:
+            self._finish(record)  # dropped for good (counted by on_rejected)
         else:
-            self.metrics.delivery_errors.labels(error.name()).inc()
-            if record is not None:
-                self.on_rejected(record, error)
-        self._done.add(seq)
+            replacement.origin = record
+            self._replacements.append(replacement)
+
+    def _finish(self, record: Record) -> None:
+        record.done = True
+        if record.ack is not None:
+            self._acks.append(record.ack)
+            record.ack = None
+            self._direct -= 1
+        if record.origin is not None:
+            self._finish(record.origin)
 
     def _set_up(self, up: bool) -> None:
         self.kafka_up = up
@@ -117,95 +200,230 @@ class Forwarder:
             self._next_probe = time.monotonic() + self.probe.next_delay()
         self.on_state(up)
 
-    # -- the loop ------------------------------------------------------------------------------
-    def step(self) -> int:
-        """Hand over what fits, serve callbacks, advance the watermark; returns rows sent."""
-        sent = 0
-        if self.kafka_up and len(self._sent) < self.inflight_max:
-            sent = self._send_batch(min(READ_BATCH, self.inflight_max - len(self._sent)))
-        elif not self.kafka_up and time.monotonic() >= self._next_probe:
-            self._probe()
-        self.producer.poll(0 if sent else 0.01)
-        self._advance()
-        return sent
+    # -- the pump ------------------------------------------------------------------------------
+    @property
+    def waiting(self) -> bool:
+        """Records taken in wait for room: take no more until they are placed."""
+        return bool(self._waiting)
 
-    def _send_batch(self, limit: int) -> int:
+    @property
+    def inflight(self) -> int:
+        return len(self._flight)
+
+    def intake_wait_s(self) -> float:
+        """How long the service may block for new messages before the next step."""
+        if self._flight or self._waiting or (self.kafka_up and self._unhanded()):
+            return 0.0  # deliveries to serve or rows to send: step() waits in poll instead
+        return 0.05
+
+    def step(self, records: list[Record]) -> int:
+        """Place new ``records`` (DIRECT or SPOOL), send spool rows, serve callbacks, ack."""
+        now = time.monotonic()
+        self._choose_path(now)
+        if self._direct and self.path is Path.SPOOL:
+            self._rescue()  # what did not fit at the switch
+        if records:
+            self._waiting.extend(records)
+        placed = self._place(now) if self._waiting else 0
+        sent = 0
+        if self.kafka_up:
+            budget = self.inflight_max - (len(self._flight) - self._direct)
+            if budget > 0 and self._unhanded():
+                sent = self._send_spooled(min(READ_BATCH, budget), now)
+        elif time.monotonic() >= self._next_probe:
+            self._probe()
+        if placed or sent:
+            self.producer.poll(0)
+        elif self._waiting:
+            self.producer.poll(FULL_RETRY_S)  # the spool is full: wait, serving deliveries
+        else:
+            self.producer.poll(IDLE_POLL_S if self._flight else 0)
+        while self._replacements:
+            replacements, self._replacements = self._replacements, []
+            for record in replacements:
+                self._produce(record, time.monotonic())
+            self.producer.poll(0)
+        self._advance()
+        return placed + sent
+
+    def _unhanded(self) -> bool:
+        return self._cursor < self.spool.last_seq
+
+    def _choose_path(self, now: float) -> None:
+        flight = self._flight
+        waited = now - flight[0].handed if flight else 0.0
+        if self.path is Path.DIRECT:
+            if not self.kafka_up or waited > self.max_wait_s:
+                why = "down" if not self.kafka_up else f"slow ({waited:.2f} s)"
+                log.info("Kafka %s: messages go through the spool", why)
+                self._switch(Path.SPOOL)
+                self._rescue()
+        elif (
+            self.direct_enabled
+            and self.kafka_up
+            and not self._direct
+            and not self._unhanded()
+            and (not flight or (self._latency < self.resume_wait_s and waited < self.max_wait_s))
+        ):
+            self._switch(Path.DIRECT)
+
+    def _switch(self, path: Path) -> None:
+        self.path = path
+        self.metrics.direct.set(1 if path is Path.DIRECT else 0)
+        self.metrics.path_switches.labels(path.value).inc()
+
+    def _rescue(self) -> bool:
+        """Spool the direct records still in flight (in order) and ack them; True when none
+        is left. They stay in flight: their rows go when Kafka delivers them."""
+        if not self._direct:
+            return True
+        pending = [r for r in self._flight if r.ack is not None]
+        # Invariant: with direct records in flight every spool row was handed over, so the
+        # rescued rows directly follow the cursor and the cursor may skip them.
+        assert not self._unhanded(), "direct records in flight while spool rows wait"
+        stored = self._append(pending)
+        for record in pending[:stored]:
+            assert record.ack is not None
+            self._acks.append(record.ack)
+            record.ack = None
+        if stored:
+            self._direct -= stored
+            self._cursor = pending[stored - 1].seq
+            self.metrics.rescued.inc(stored)
+        return not self._direct
+
+    def _place(self, now: float) -> int:
+        """Hand the waiting records over (DIRECT) or spool what fits and ack it (SPOOL)."""
+        waiting = self._waiting
+        if self.path is Path.DIRECT:
+            for record in waiting:
+                self._produce(record, now)
+                if record.ack is not None:
+                    self._direct += 1
+            self._waiting = []
+            return len(waiting)
+        if not self._rescue():
+            return 0  # earlier messages first
+        stored = self._append(waiting)
+        for record in waiting[:stored]:
+            if record.ack is not None:
+                self._acks.append(record.ack)
+                record.ack = None
+        self._waiting = waiting[stored:]
+        return stored
+
+    def _append(self, records: list[Record]) -> int:
+        try:
+            stored = self.spool.append(records)
+        except SpoolFullError as exc:
+            self.metrics.spool_full.inc()
+            log.warning("spool full, intake paused: %s", exc)
+            return 0
+        self.metrics.group_size.observe(stored)
+        return stored
+
+    def _send_spooled(self, limit: int, now: float) -> int:
         records = self.spool.read_after(self._cursor, limit)
+        if not records:
+            # None after the cursor (the rows there were dropped): only this thread
+            # appends, so nothing is unhanded.
+            self._cursor = self.spool.last_seq
         for record in records:
-            self._produce(record)
+            self._produce(record, now)
             self._cursor = record.seq
         return len(records)
 
-    def _produce(self, record: Record) -> None:
+    def _produce(self, record: Record, now: float) -> None:
+        record.handed = now
         while True:
             try:
                 self.producer.produce(
                     record.topic, value=record.value, key=record.key,
                     headers=record.headers,  # type: ignore[arg-type]  # list is invariant
-                    on_delivery=partial(self._on_delivery, record.seq),
+                    on_delivery=partial(self._on_delivery, record),
                 )  # fmt: skip
                 break
             except BufferError:
                 self.producer.poll(0.05)  # librdkafka's queue is full: let it drain
-        self._sent.append(record.seq)
-        self._records[record.seq] = record
+        self._flight.append(record)
 
     def _probe(self) -> None:
         try:
-            self.producer.list_topics(timeout=2.0)
+            self.producer.list_topics(timeout=0.5)  # the pump waits meanwhile
         except KafkaException:
             self._next_probe = time.monotonic() + self.probe.next_delay()
             return
         self._set_up(True)
 
     def _advance(self) -> None:
+        if self._step_latency:
+            self._latency, self._step_latency = self._step_latency, 0.0
+        if self._acks:
+            acks, self._acks = self._acks, []
+            self.ack(acks)
         for topic, count in self._forwarded.items():
             self.metrics.forwarded.labels(topic).inc(count)
         self._forwarded.clear()
-        sent, done = self._sent, self._done
-        while sent and sent[0] in done:
-            seq = sent.popleft()
-            done.discard(seq)
-            self._watermark = seq
+        flight = self._flight
+        while flight and flight[0].done:
+            seq = flight.popleft().seq
+            if seq:
+                self._watermark = seq
         now = time.monotonic()
         behind = self._watermark - self._deleted_through
         if behind and (behind >= DELETE_EVERY_ROWS or now - self._last_delete >= DELETE_EVERY_S):
             self.spool.delete_through(self._watermark)
             self._deleted_through = self._watermark
             self._last_delete = now
-        self.metrics.inflight.set(len(sent))
+        self.metrics.inflight.set(len(flight))
         started, count = self._delivered_window
         if now - started >= 1.0:
             rate = (self.delivered - count) / (now - started)
-            self.metrics.replay_rate.set(rate if self.spool.rows > len(sent) else 0.0)
+            self.metrics.replay_rate.set(rate if self.spool.rows > len(flight) else 0.0)
             self._delivered_window = (now, self.delivered)
 
+    def start_path(self) -> None:
+        """DIRECT at start when allowed and the spool is empty; else replay it first."""
+        if self.direct_enabled and not self.spool.rows:
+            self._cursor = self._watermark = self._deleted_through = self.spool.last_seq
+            self._switch(Path.DIRECT)
+
     @property
-    def inflight(self) -> int:
-        return len(self._sent)
+    def unacked(self) -> int:
+        """Messages taken in whose MQTT ack waits (direct in flight, or for spool room)."""
+        return self._direct + len(self._waiting)
+
+    def finish(self, timeout_s: float) -> None:
+        """At stop: deliver what is in flight (within ``timeout_s``, while Kafka is up), then
+        spool what is still unacknowledged (direct records, records taken in) and ack it."""
+        if self.kafka_up:
+            self.drain(timeout_s)
+        if self.path is Path.DIRECT:
+            self._switch(Path.SPOOL)
+        if self._rescue() and self._waiting:
+            self._place(time.monotonic())
+        self._advance()
 
     def drain(self, timeout_s: float) -> bool:
-        """Deliver what was handed over (no new rows), within ``timeout_s``."""
+        """Deliver what was handed over (nothing new), within ``timeout_s``; ack it."""
         deadline = time.monotonic() + timeout_s
-        while self._sent and time.monotonic() < deadline:
+        while self._flight and time.monotonic() < deadline:
             self.producer.poll(0.05)
+            while self._replacements:
+                replacements, self._replacements = self._replacements, []
+                for record in replacements:
+                    self._produce(record, time.monotonic())
             self._advance()
         if self._watermark > self._deleted_through:
             self.spool.delete_through(self._watermark)
             self._deleted_through = self._watermark
-        return not self._sent
-
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            if not self.step() and self.kafka_up and not self._sent:
-                self.wake.wait(0.05)
-                self.wake.clear()
+        return not self._flight
 
     def flush_all(self, timeout_s: float) -> bool:
         """Send the whole spool and wait for it (used by ``spool drain``)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            self.step()
-            if not self._sent and self.spool.rows == 0:
+            self.step([])
+            if not self._flight and self.spool.rows == 0:
                 return True
         return False

@@ -65,6 +65,22 @@ class BridgeMetrics:
             "MQTT messages received but not yet acknowledged",
             registry=r,
         )
+        self.direct = Gauge(
+            "edgewatch_bridge_direct_path",
+            "1 while messages go straight to Kafka, 0 while they go through the spool",
+            registry=r,
+        )
+        self.path_switches = Counter(
+            "edgewatch_bridge_path_switches",
+            "Switches between the direct path and the spool, by the path switched to",
+            ["to"],
+            registry=r,
+        )
+        self.rescued = Counter(
+            "edgewatch_bridge_rescued",
+            "Records in flight on the direct path written to the spool at a switch",
+            registry=r,
+        )
         self.kafka_up = Gauge("edgewatch_bridge_kafka_up", "1 when Kafka is reachable", registry=r)
         self.mqtt_up = Gauge("edgewatch_bridge_mqtt_up", "1 when MQTT is connected", registry=r)
         self.redelivered = Counter(

@@ -1,8 +1,12 @@
-"""The bridge service: MQTT (manual acks) → spool (group commit) → Kafka; models back.
+"""The bridge service: MQTT (manual acks) → Kafka, direct or through the spool; models back.
 
-Threads: paho's network thread enqueues; the appender routes, commits groups to the spool
-and then acks them on MQTT; the forwarder sends the spool to Kafka in order; the model
-delivery consumes the models topic. One stop event ends them all.
+Threads: paho's network thread decodes QoS 1 PUBLISH packets in bulk (plumbing.paho_io) and
+enqueues one batch per read; the pump routes them and runs bridge.forwarder (the direct
+path, the spool, every produce, delivery callback and MQTT ack, in receive order); the
+housekeeping thread expires spool rows and sets gauges; the model delivery consumes the
+models topic. One stop event ends them all. The intake queue holds at most
+``queue_capacity`` batches, and the broker sends at most ``mqtt.receive_maximum`` unacked
+messages, which bounds the messages in it.
 """
 
 from __future__ import annotations
@@ -13,22 +17,22 @@ import threading
 import time
 from collections import Counter
 from dataclasses import replace
-from typing import Any
 
 import paho.mqtt.client as paho
 from confluent_kafka import KafkaError
 
 from bridge.delivery import ModelDelivery
-from bridge.forwarder import Backoff, Forwarder
+from bridge.forwarder import Backoff, Forwarder, Path
 from bridge.metrics import BridgeMetrics
 from bridge.routing import TOO_LARGE_FOR_KAFKA, Routed, Router
 from bridge.settings import BridgeSettings
-from bridge.spool import Record, Spool, SpoolFullError
+from bridge.spool import Record, Spool
 from plumbing.events import Topics, deadletter_document, dumps
 from plumbing.kafka import producer_config
 from plumbing.lifecycle import sd_notify
 from plumbing.metrics import serve_metrics
 from plumbing.mqtt import MqttConnection
+from plumbing.paho_io import BufferedClient, Publish
 
 log = logging.getLogger(__name__)
 SERVICE = "bridge"
@@ -48,7 +52,10 @@ class BridgeService:
             self.metrics.resent_after_restart.inc(self.spool.rows_at_open)
         self.stop_event = threading.Event()
         self._intake_open = threading.Event()
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_capacity)
+        # (connection generation, publishes) per read of the socket, in arrival order.
+        self.queue: queue.Queue[tuple[int, list[Publish]]] = queue.Queue(
+            maxsize=settings.queue_capacity
+        )
         self.status_topic = self.topics.status(settings.node_id, SERVICE)
         self.connection = MqttConnection(
             settings.mqtt,
@@ -58,17 +65,24 @@ class BridgeService:
             manual_ack=True,
             will=(self.status_topic, self._status("offline")),
         )
+        if isinstance(self.connection.client, BufferedClient):
+            self.connection.client.on_publish_batch = self._on_publish_batch
         self.connection.add_connect_listener(self._on_connect)
         kafka_config = producer_config(
             settings.kafka, f"edgewatch-bridge-{settings.node_id}",
-            **{"message.timeout.ms": 0, "message.max.bytes": settings.max_message_bytes + 65536},
+            **{"message.timeout.ms": 0, "message.max.bytes": settings.max_message_bytes + 65536,
+               "linger.ms": settings.direct.linger_ms},
         )  # fmt: skip
         self.forwarder = Forwarder(
             self.spool, kafka_config, self.metrics,
             inflight_max=settings.inflight_max,
             probe=Backoff(settings.probe_min_s, settings.probe_max_s),
             on_rejected=self._on_rejected,
+            ack=self._ack,
             on_state=lambda _up: self._publish_status(),
+            direct=settings.direct.enabled,
+            max_wait_s=settings.direct.max_wait_s,
+            resume_wait_s=settings.direct.resume_wait_s,
         )  # fmt: skip
         self.delivery = (
             ModelDelivery(settings, self.connection, self.metrics)
@@ -76,48 +90,79 @@ class BridgeService:
             else None
         )
         self._threads = [
-            threading.Thread(target=self._append_loop, name="bridge-appender", daemon=True),
-            threading.Thread(target=self._forward_loop, name="bridge-forwarder", daemon=True),
+            threading.Thread(target=self._pump, name="bridge-pump", daemon=True),
             threading.Thread(target=self._housekeeping, name="bridge-housekeeping", daemon=True),
         ]
-        self._appender_done = threading.Event()
+        self._pump_done = threading.Event()
 
     # -- paho network thread ---------------------------------------------------------------------
-    def _on_message(self, msg: paho.MQTTMessage) -> None:
+    def _on_publish_batch(self, batch: list[Publish]) -> None:
         if not self._intake_open.is_set():
-            return  # stopping: unacked, so the broker keeps it for our next session
-        if msg.dup:
-            self.metrics.redelivered.inc()
-        item = (msg.topic, bytes(msg.payload), (msg.mid, self.connection.generation))
+            return  # stopping: unacked, so the broker keeps them for our next session
+        self._enqueue((self.connection.generation, batch))
+
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
+        """A message paho decoded itself (the bulk decoder left it, or paho's own client)."""
+        if self._intake_open.is_set():
+            publish = (msg.topic, bytes(msg.payload), msg.mid, bool(msg.dup))
+            self._enqueue((self.connection.generation, [publish]))
+
+    def _enqueue(self, item: tuple[int, list[Publish]]) -> None:
         try:
             self.queue.put_nowait(item)
         except queue.Full:
-            self.queue.put(item)  # flow control makes this unreachable; wait, never drop
+            self.queue.put(item)  # flow control makes this rare; wait, never drop
 
     def _on_connect(self) -> None:
         self.metrics.mqtt_up.set(1)
         self._publish_status()
 
-    # -- appender ----------------------------------------------------------------------------------
-    def _take_group(self) -> list[tuple[str, bytes, Any]]:
+    def _ack(self, tokens: list[tuple[int, int]]) -> None:
+        """PUBACK delivered or spooled messages; those of an older connection are stale."""
+        by_generation: dict[int, list[int]] = {}
+        for mid, generation in tokens:
+            by_generation.setdefault(generation, []).append(mid)
+        for generation, mids in by_generation.items():
+            self.connection.ack_many(mids, generation)
+
+    # -- pump ------------------------------------------------------------------------------------
+    def _take(self, wait_s: float, path: Path) -> list[Record]:
+        """Routed records of what arrived: all that waits on the direct path; a group of up
+        to ``group_commit_max``, waiting ``group_commit_wait_ms`` to fill it, for the spool."""
         s = self.settings.spool
         try:
-            group = [self.queue.get(timeout=0.1)]
+            first = self.queue.get(timeout=wait_s) if wait_s else self.queue.get_nowait()
         except queue.Empty:
             return []
+        items = [first]
+        count = len(first[1])
         deadline = time.monotonic() + s.group_commit_wait_ms / 1000
-        while len(group) < s.group_commit_max:
+        while count < s.group_commit_max:
             try:
-                group.append(self.queue.get_nowait())
+                item = self.queue.get_nowait()
             except queue.Empty:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if path is Path.DIRECT or remaining <= 0:
                     break
                 try:
-                    group.append(self.queue.get(timeout=remaining))
+                    item = self.queue.get(timeout=remaining)
                 except queue.Empty:
                     break
-        return group
+            items.append(item)
+            count += len(item[1])
+        records = []
+        redelivered = 0
+        for generation, batch in items:
+            for topic, payload, mid, dup in batch:
+                record = self._record(topic, payload)
+                record.ack = (mid, generation)
+                records.append(record)
+                redelivered += dup
+        if redelivered:
+            self.metrics.redelivered.inc(redelivered)
+        for kind, n in Counter(r.kind for r in records).items():
+            self.metrics.received.labels(kind).inc(n)
+        return records
 
     def _record(self, topic: str, payload: bytes) -> Record:
         routed = self.router.route(topic, payload)
@@ -140,55 +185,25 @@ class BridgeService:
         return Record("deadletter", self.settings.deadletter_topic, routed.key, dumps(entry),
                       headers)  # fmt: skip
 
-    def _append_loop(self) -> None:
-        while True:
-            group = self._take_group()
-            if not group:
-                if not self._intake_open.is_set() and self.queue.empty():
-                    break
-                continue
-            records = [self._record(topic, payload) for topic, payload, _ in group]
-            for kind, n in Counter(r.kind for r in records).items():
-                self.metrics.received.labels(kind).inc(n)
-            tokens = [token for _, _, token in group]
-            while records:
-                stored = self._commit(records)
-                for token in tokens[:stored]:
-                    self.connection.ack(*token)
-                records, tokens = records[stored:], tokens[stored:]
-                if stored:
-                    self.forwarder.wake.set()
-                elif not self._intake_open.is_set() or self.stop_event.wait(0.2):
-                    self._appender_done.set()
-                    return  # stopping while full: unacked, the broker redelivers
-        self._appender_done.set()
+    def _pump(self) -> None:
+        forwarder = self.forwarder
+        forwarder.start_path()
+        while self._intake_open.is_set():
+            wait = forwarder.intake_wait_s()
+            forwarder.step([] if forwarder.waiting else self._take(wait, forwarder.path))
+        self._pump_done.set()
 
-    def _commit(self, records: list[Record]) -> int:
-        """Spool what fits; 0 means full (acks are withheld, so intake pauses)."""
-        try:
-            stored = self.spool.append(records)
-        except SpoolFullError as exc:
-            self.metrics.spool_full.inc()
-            log.warning("spool full, intake paused: %s", exc)
-            return 0
-        self.metrics.group_size.observe(stored)
-        return stored
-
-    # -- forwarder ---------------------------------------------------------------------------------
-    def _forward_loop(self) -> None:
-        self.forwarder.run(self.stop_event)
-
-    def _on_rejected(self, record: Record, error: KafkaError) -> None:
-        """Kafka refused a message for good: park it on the dead-letter topic."""
+    def _on_rejected(self, record: Record, error: KafkaError) -> Record | None:
+        """Kafka refused a message for good: its dead-letter record takes its place."""
         if record.topic == self.settings.deadletter_topic:
             log.error("dead-letter record refused by Kafka too (%s); dropped", error.str())
             self.metrics.spool_dropped.labels(record.kind, "kafka_rejected").inc()
-            return
+            return None
         mqtt_topic = dict(record.headers).get("mqtt_topic", b"").decode()
         event_id = dict(record.headers).get("event_id", b"").decode()
         routed = Routed(record.kind, record.topic, record.key or b"", record.headers, event_id,
                         f"kafka_{error.name().lower()}", error.str())  # fmt: skip
-        self.spool.append([self._deadletter(routed, mqtt_topic, record.value)])
+        return self._deadletter(routed, mqtt_topic, record.value)
 
     def _housekeeping(self) -> None:
         dropped_seen: dict[tuple[str, str], int] = {}
@@ -204,7 +219,7 @@ class BridgeService:
             self.metrics.spool_rows.set(spool.rows)
             self.metrics.spool_bytes.set(spool.bytes)
             self.metrics.spool_oldest_age.set(spool.oldest_age_s())
-            self.metrics.unacked.set(self.queue.qsize())
+            self.metrics.unacked.set(self.forwarder.unacked)
             self.metrics.mqtt_up.set(1 if self.connection.connected.is_set() else 0)
 
     # -- status and lifecycle ----------------------------------------------------------------------
@@ -232,14 +247,15 @@ class BridgeService:
         sd_notify("READY=1")
 
     def stop(self, drain_timeout_s: float = 10.0) -> None:
-        """Stop intake, commit what was taken in, deliver what Kafka has, go offline."""
+        """Stop intake (what is queued stays unacked: the broker delivers it again), deliver
+        and ack what Kafka has, go offline."""
         sd_notify("STOPPING=1")
         self._intake_open.clear()
-        self._appender_done.wait(drain_timeout_s)
+        self._pump_done.wait(drain_timeout_s)
         self.stop_event.set()
         for thread in self._threads:
             thread.join(timeout=drain_timeout_s)
-        self.forwarder.drain(timeout_s=drain_timeout_s)
+        self.forwarder.finish(timeout_s=drain_timeout_s)
         self.connection.publish_last_status(self.status_topic, self._status("offline"))
         self.connection.stop()
         self.spool.close()

@@ -1,9 +1,10 @@
-"""A durable, bounded, ordered spool on SQLite (WAL): every message passes through it.
+"""A durable, bounded, ordered spool on SQLite (WAL): where messages wait while Kafka cannot
+take them at once (bridge.forwarder decides which messages come here).
 
-The appender commits a group of messages in one transaction (one fsync with
-``synchronous=FULL``) before their MQTT acks go out; the sender reads rows in sequence
-order and deletes them once Kafka acknowledged everything up to them. Sequence numbers
-never repeat (AUTOINCREMENT), so order survives restarts.
+A group of messages is committed in one transaction (one fsync with ``synchronous=FULL``)
+before their MQTT acks go out; the sender reads rows in sequence order and deletes them once
+Kafka acknowledged everything up to them. Sequence numbers never repeat (AUTOINCREMENT), so
+order survives restarts.
 
 Bounds: total bytes and age. Overflow policies: ``pause`` (the appender stops, acks are
 withheld, the broker's flow control stops intake) or ``drop_oldest_raw`` (the oldest raw
@@ -41,9 +42,13 @@ CREATE INDEX IF NOT EXISTS spool_kind_seq ON spool (kind, seq);
 """
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Record:
-    """One message on its way to Kafka."""
+    """One message on its way to Kafka.
+
+    Stored: kind to headers, ``created`` and ``seq`` (0 until the spool holds it). The rest
+    is the forwarder's bookkeeping while the record is in flight (see bridge.forwarder).
+    """
 
     kind: str
     topic: str
@@ -52,6 +57,10 @@ class Record:
     headers: list[tuple[str, bytes]]
     created: float = 0.0
     seq: int = 0
+    ack: tuple[int, int] | None = None  # MQTT (message id, connection) still to acknowledge
+    handed: float = 0.0  # monotonic time it was handed to the producer
+    done: bool = False  # delivered, or dealt with for good
+    origin: Record | None = None  # the record this dead-letter record stands in for
 
     @property
     def size(self) -> int:
@@ -127,6 +136,11 @@ class Spool:
     @property
     def bytes(self) -> int:
         return self._bytes
+
+    @property
+    def last_seq(self) -> int:
+        """The highest sequence number ever handed out (rows may be gone since)."""
+        return self._last_seq
 
     def oldest_age_s(self) -> float:
         oldest = self._oldest_created()

@@ -212,6 +212,19 @@ class MqttConnection:
         self.client.ack(mid, QOS_AT_LEAST_ONCE)
         return True
 
+    def ack_many(self, mids: list[int], generation: int) -> bool:
+        """:meth:`ack` for many messages of one connection, as one write where the client
+        can (:class:`BufferedClient`)."""
+        if generation != self.generation:
+            return False
+        client = self.client
+        if isinstance(client, BufferedClient):
+            client.ack_many(mids)
+        else:
+            for mid in mids:
+                client.ack(mid, QOS_AT_LEAST_ONCE)
+        return True
+
     def _handle_connect(
         self,
         client: paho.Client,

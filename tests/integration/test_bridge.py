@@ -7,12 +7,17 @@ import random
 import sqlite3
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from plumbing.mqtt import MqttConnection
+from plumbing.settings import MqttSettings
 from tests.integration.harness import (
     Collector,
+    ServiceProcess,
     bridge_config,
     consume,
     publish_all,
@@ -57,28 +62,46 @@ def background(port: int, items: list, rate: float) -> threading.Thread:
     return thread
 
 
+def kill_until_sent(  # noqa: PLR0917 - the loop both kill tests share
+    bridge: ServiceProcess, sender: threading.Thread, restart: Callable[[int], ServiceProcess],
+    rng: random.Random, pause_s: tuple[float, float], kills_max: int,
+    before_kill: Callable[[], None] = lambda: None,
+) -> tuple[ServiceProcess, int]:  # fmt: skip
+    """kill -9 the bridge after random pauses and restart it, while ``sender`` publishes."""
+    kills = 0
+    while sender.is_alive() and kills < kills_max:
+        time.sleep(rng.uniform(*pause_s))
+        before_kill()
+        bridge.kill()
+        kills += 1
+        bridge = restart(kills)
+    sender.join(120)
+    return bridge, kills
+
+
+def all_in_kafka(bootstrap: str, prefix: str, expected: set[str], bridge: ServiceProcess) -> list:
+    """Every raw record until each id in ``expected`` arrived; then the bridge stops."""
+    try:
+        return consume(bootstrap, [f"t.{prefix}.raw.payments"],
+                       until=lambda r: expected <= set(event_ids(r)))  # fmt: skip
+    finally:
+        bridge.stop()
+
+
 def test_kill_9_at_random_moments_loses_nothing(
     tmp_path: Path, mqtt_port: int, kafka_bootstrap: str, mqtt_prefix: str
 ) -> None:
     items = sequence_items(mqtt_prefix, 20_000)
     config = bridge_config(tmp_path, mqtt_port, kafka_bootstrap, mqtt_prefix)
-    rng = random.Random(11)
-    kills = 0
+    expected = {f"e{i}" for i in range(len(items))}
     with Collector(mqtt_port, [f"{mqtt_prefix}/+/status/+"]) as collector:
         bridge = start_bridge(config, tmp_path / "b0.log", collector)
         sender = background(mqtt_port, items, rate=4000)
-        while sender.is_alive() and kills < 4:
-            time.sleep(rng.uniform(0.3, 1.2))
-            bridge.kill()
-            kills += 1
-            bridge = start_bridge(config, tmp_path / f"b{kills}.log", collector)
-        sender.join(120)
-        try:
-            expected = {f"e{i}" for i in range(len(items))}
-            records = consume(kafka_bootstrap, [f"t.{mqtt_prefix}.raw.payments"],
-                              until=lambda r: expected <= set(event_ids(r)))  # fmt: skip
-        finally:
-            bridge.stop()
+        bridge, kills = kill_until_sent(
+            bridge, sender, lambda n: start_bridge(config, tmp_path / f"b{n}.log", collector),
+            random.Random(11), (0.3, 1.2), 4,
+        )  # fmt: skip
+        records = all_in_kafka(kafka_bootstrap, mqtt_prefix, expected, bridge)
     ids = event_ids(records)
     assert kills >= 2
     assert set(ids) == expected, f"missing {len(expected - set(ids))}"
@@ -174,6 +197,10 @@ def test_full_spool_drops_oldest_raw_keeps_scored_and_stays_up(
             wait_for(lambda: scrape(metrics_port).get(dropped, 0) > 0, 30, "drops counted")
             wait_for(lambda: scrape(metrics_port)["edgewatch_bridge_received_total{kind=\"raw\"}"]
                      >= len(raw), 30, "every message taken in")  # fmt: skip
+            raw_rows = "SELECT COUNT(*) FROM spool WHERE kind = 'raw'"
+            wait_for(lambda: sqlite3.connect(tmp_path / "spool.db").execute(raw_rows).fetchone()[0]
+                     + scrape(metrics_port)[dropped] == len(raw), 30,
+                     "every raw message spooled or counted as dropped")  # fmt: skip
             samples = scrape(metrics_port)
             assert bridge.alive()
         finally:
@@ -253,3 +280,111 @@ def test_oversize_and_malformed_go_to_dead_letter(
     assert headers["node_id"] == f"node-{mqtt_prefix}".encode()
     assert headers["mqtt_topic"].startswith(mqtt_prefix.encode())
     assert raw[0].key().startswith(b"dev")
+
+
+def switches(port: int, to: str) -> float:
+    """Path switches this bridge process made, to ``to`` ('direct' or 'spool'); -1 if down."""
+    try:
+        return scrape(port).get(f'edgewatch_bridge_path_switches_total{{to="{to}"}}', 0)
+    except OSError:
+        return -1
+
+
+def test_kill_9_right_after_each_switch_loses_nothing_and_keeps_order(
+    tmp_path: Path, mqtt_port: int, kafka_bootstrap: str, mqtt_prefix: str, *, stack: object,
+    stack_module: object,
+) -> None:  # fmt: skip
+    """Direct → spool (Kafka stopped) and spool → direct (Kafka back, spool replayed): the
+    bridge is killed as soon as its metrics show each switch, and restarted."""
+    items = sequence_items(mqtt_prefix, 16_000)
+    metrics_port = stack_module.free_port()  # type: ignore[attr-defined]
+    config = bridge_config(tmp_path, mqtt_port, kafka_bootstrap, mqtt_prefix,
+                           metrics_port=metrics_port)  # fmt: skip
+    db = tmp_path / "spool.db"
+    with Collector(mqtt_port, [f"{mqtt_prefix}/+/status/+"]) as collector:
+        bridge = start_bridge(config, tmp_path / "b0.log", collector)
+        sender = background(mqtt_port, items, rate=400)
+        try:
+            wait_for(lambda: scrape(metrics_port)["edgewatch_bridge_direct_path"] == 1, 10,
+                     "the direct path")  # fmt: skip
+            time.sleep(3)
+            stack.stop_kafka()  # type: ignore[attr-defined]
+            wait_for(lambda: switches(metrics_port, "spool") >= 1, 30, "the switch to the spool")
+            bridge.kill()
+            rescued = sqlite3.connect(db).execute("SELECT COUNT(*) FROM spool").fetchone()[0]
+            bridge = start_bridge(config, tmp_path / "b1.log", collector)
+            time.sleep(5)  # spooling while Kafka is down
+        finally:
+            stack.start_kafka()  # type: ignore[attr-defined]
+        try:
+            wait_for(lambda: switches(metrics_port, "direct") >= 1, 120, "the switch back")
+            bridge.kill()
+            left = sqlite3.connect(db).execute("SELECT COUNT(*) FROM spool").fetchone()[0]
+            bridge = start_bridge(config, tmp_path / "b2.log", collector)
+            sender.join(120)
+            expected = {f"e{i}" for i in range(len(items))}
+            records = consume(kafka_bootstrap, [f"t.{mqtt_prefix}.raw.payments"],
+                              until=lambda r: expected <= set(event_ids(r)))  # fmt: skip
+            wait_for(lambda: scrape(metrics_port)["edgewatch_bridge_direct_path"] == 1, 60,
+                     "the direct path again")  # fmt: skip
+        finally:
+            bridge.stop()
+    ids = event_ids(records)
+    print(f"rescued {rescued} rows, {left} left at the second kill, "
+          f"{len(ids) - len(set(ids))} duplicates")  # fmt: skip
+    assert rescued > 0, "the switch to the spool spooled nothing"
+    assert set(ids) == expected, f"missing {len(expected - set(ids))}"
+    assert_in_order_per_device(records)
+
+
+def bursts(port: int, items: list, size: int, pause_s: float) -> threading.Thread:
+    """Publish ``items`` in bursts of ``size`` (each waits for its PUBACKs), ``pause_s`` apart."""
+
+    def run() -> None:
+        settings = MqttSettings(port=port, session_expiry_s=0)
+        connection = MqttConnection(settings, f"pub-{uuid.uuid4().hex[:8]}")
+        connection.start()
+        for start in range(0, len(items), size):
+            connection.publish_all(items[start : start + size])
+            time.sleep(pause_s)
+        connection.stop()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_kill_9_while_flapping_between_direct_path_and_spool(
+    tmp_path: Path, mqtt_port: int, kafka_bootstrap: str, mqtt_prefix: str, stack_module: object
+) -> None:
+    """Bursts with pauses, and a max_wait (5 ms) below Kafka's ack latency: each burst sends
+    the bridge to the spool, each pause (all delivered) brings it back to the direct path.
+    kill -9 at random moments lands on both paths and on switches both ways."""
+    items = sequence_items(mqtt_prefix, 20_000)
+    metrics_port = stack_module.free_port()  # type: ignore[attr-defined]
+    config = bridge_config(
+        tmp_path, mqtt_port, kafka_bootstrap, mqtt_prefix, metrics_port=metrics_port,
+        extra="[direct]\nmax_wait_s = 0.005\nresume_wait_s = 0.004\n",
+    )  # fmt: skip
+    flips = {"direct": 0.0, "spool": 0.0}
+
+    def count_switches() -> None:
+        for to in flips:
+            flips[to] += max(0.0, switches(metrics_port, to))
+
+    expected = {f"e{i}" for i in range(len(items))}
+    with Collector(mqtt_port, [f"{mqtt_prefix}/+/status/+"]) as collector:
+        bridge = start_bridge(config, tmp_path / "b0.log", collector)
+        sender = bursts(mqtt_port, items, size=500, pause_s=0.3)
+        bridge, kills = kill_until_sent(
+            bridge, sender, lambda n: start_bridge(config, tmp_path / f"b{n}.log", collector),
+            random.Random(7), (0.8, 2.0), 5, before_kill=count_switches,
+        )  # fmt: skip
+        records = all_in_kafka(kafka_bootstrap, mqtt_prefix, expected, bridge)
+    ids = event_ids(records)
+    print(f"{kills} kills, switches {flips}, {len(ids) - len(set(ids))} duplicates")
+    assert kills >= 2
+    assert flips["spool"] >= kills, "the bridge hardly left the direct path"
+    assert flips["direct"] >= kills, "the bridge hardly came back to the direct path"
+    assert set(ids) == expected, f"missing {len(expected - set(ids))}"
+    assert_in_order_per_device(records)
