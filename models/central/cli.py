@@ -2,13 +2,14 @@
 
     edgewatch-central validate-config central.toml
     edgewatch-central sql "CREATE TABLE t (...) WITH (...); SELECT * FROM t" [--json] [--limit N]
-    edgewatch-central jobs up|status|down [--job NAME] [--config central.toml]
+    edgewatch-central jobs up|status|down [--job NAME] [--fresh] [--config central.toml]
 
 ``sql`` runs its ``;``-separated statements in one gateway session (after the files of
 ``central.include`` and ``--init``) and prints the rows of the last one as they arrive:
 tab-separated under a header, or one JSON object per line with ``--json``. Ctrl-C ends an
 unbounded query (its Flink job is cancelled). ``jobs`` manages the continuous jobs of
-``deploy/central/*.sql`` (see models/central/jobs.py for resume and cancel semantics).
+``deploy/central/*.sql`` (see models/central/jobs.py for resume and cancel semantics);
+``jobs status`` exits 3 when a configured job is not running.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     jobs = Jobs(settings)
     names = args.names or None
     if args.action == "up":
-        for done in jobs.up(names):
+        for done in jobs.up(names, resume=not args.fresh):
             how = "already running" if done.already_running else "submitted"
             origin = f", resumed from {done.restored_from}" if done.restored_from else ""
             print(f"{done.name}: {how} as {done.job_id}{origin}")
@@ -87,6 +88,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         else:
             for name, job in status.items():
                 print(f"{name}\t" + (_job_line(job) if job else "never submitted"))
+                if job is not None and job.state not in ("RUNNING", "CANCELED", "FINISHED"):
+                    failure = jobs.last_failure(job.job_id)
+                    if failure:
+                        print(f"\tlast failure: {failure}")
         return 0 if all(job is not None and job.alive for job in status.values()) else 3
     return 0
 
@@ -121,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     jobs.add_argument("--config", type=Path, help="central.toml")
     jobs.add_argument("--job", dest="names", action="append", help="only this job (repeat)")
     jobs.add_argument("--json", action="store_true", help="status as JSON")
+    jobs.add_argument(
+        "--fresh",
+        action="store_true",
+        help="up: start from the topics' group offsets instead of the newest retained "
+        "checkpoint (after a change of a job's query that its old state does not fit)",
+    )
     jobs.set_defaults(handler=cmd_jobs)
     return dispatch(parser.parse_args(argv), CentralSettings)
 

@@ -190,13 +190,32 @@ def decode_page(body: Mapping[str, Any]) -> ResultPage:
 _CAUSE = re.compile(r"^(?:Caused by: )?([A-Za-z_$][\w$]*(?:\.[\w$]+)+)(?::\s?(.*))?$")
 
 
-def root_cause(trace: str) -> str:
+def root_cause(trace: str, *, levels: int = 1) -> str:
     """The engine's own explanation from a Java exception text.
 
     Takes the deepest ``Caused by:`` message, then walks outward while the enclosing
     message still contains it (Flink wraps Calcite's ``Object 'x' not found`` in ``SQL
     validation failed. From line 1, column 15 …: Object 'x' not found``, which says where).
+    ``levels=2`` adds the next enclosing message that says something else (a failed job's
+    ``Failed to get metadata for topics [t]. Caused by: UnknownTopicOrPartitionException:
+    …``). Qualified Java class names in the messages are shortened to the class name.
     """
+    causes = [_short_classes(cause) for cause in _causes(trace)]
+    if not causes:
+        return trace.strip().splitlines()[0][:500] if trace.strip() else "unknown engine error"
+    found = [causes[-1]]
+    for outer in reversed(causes[:-1]):
+        if found[-1] in outer:
+            found[-1] = outer
+        elif len(found) < levels:
+            found.append(outer)
+        else:
+            break
+    return " Caused by: ".join(reversed(found))
+
+
+def _causes(trace: str) -> list[str]:
+    """The message of each exception in a Java trace, outermost first."""
     causes: list[str] = []
     current: list[str] | None = None
     for line in trace.splitlines():
@@ -212,16 +231,14 @@ def root_cause(trace: str) -> str:
         else:
             continue
         causes[-1] = "\n".join(current[:_MAX_MESSAGE_LINES]).strip()
-    causes = [cause for cause in causes if cause]
-    if not causes:
-        return trace.strip().splitlines()[0][:500] if trace.strip() else "unknown engine error"
-    best = causes[-1]
-    for outer in reversed(causes[:-1]):
-        if best in outer:
-            best = outer
-        else:
-            break
-    return best
+    return [cause for cause in causes if cause]
+
+
+_QUALIFIED = re.compile(r"\b(?:[a-z_$][\w$]*\.)+([A-Z][\w$]*(?:Exception|Error)):")
+
+
+def _short_classes(message: str) -> str:
+    return _QUALIFIED.sub(r"\1:", message)
 
 
 def error_from_response(status: int, raw: bytes) -> SqlEngineError:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.central.gateway import Request, SqlClient, request_json
+from models.central.gateway import Request, SqlClient, request_json, root_cause
 from models.central.settings import CentralSettings
 from plumbing.errors import EdgewatchError
 
@@ -191,6 +191,15 @@ def decode_overview(body: Mapping[str, Any]) -> list[JobInfo]:
     return sorted(jobs, key=lambda job: job.start_time_ms, reverse=True)
 
 
+def failure_message(body: Mapping[str, Any]) -> str | None:
+    """The newest failure of Flink REST ``GET /jobs/{id}/exceptions``, as two levels of
+    root cause (what failed, and why)."""
+    entries = (body.get("exceptionHistory") or {}).get("entries") or []
+    if not entries:
+        return None
+    return root_cause(str(entries[0].get("stacktrace", "")), levels=2)
+
+
 def latest_checkpoint(checkpoint_dir: Path, name: str) -> Path | None:
     """The newest complete retained checkpoint of job ``name`` (a ``chk-N`` directory)."""
     candidates = []
@@ -243,7 +252,9 @@ class Jobs:
             job_id = sql.execute(job.insert, config=forced)
         return Submitted(name=name, job_id=job_id, restored_from=restore)
 
-    def up(self, names: Iterable[str] | None = None) -> list[Submitted]:
+    def up(
+        self, names: Iterable[str] | None = None, *, resume: bool | None = None
+    ) -> list[Submitted]:
         """Submit each configured job that is not alive already."""
         done = []
         for name in names or self.central.jobs:
@@ -251,7 +262,7 @@ class Jobs:
             if running:
                 done.append(Submitted(name, running[0].job_id, already_running=True))
             else:
-                done.append(self.submit(name))
+                done.append(self.submit(name, resume=resume))
         return done
 
     def status(self, names: Iterable[str] | None = None) -> dict[str, JobInfo | None]:
@@ -261,6 +272,11 @@ class Jobs:
             name: next((job for job in jobs if job.name == name), None)
             for name in (names or self.central.jobs)
         }
+
+    def last_failure(self, job_id: str) -> str | None:
+        """Why the job last failed (the engine's root cause), or None if it never did."""
+        body = self._rest(Request("GET", f"/jobs/{job_id}/exceptions?maxExceptions=1"))
+        return failure_message(body)
 
     def cancel(self, name: str, *, timeout_s: float = 60.0) -> list[str]:
         """Cancel every live run of ``name``; return their job ids once none is alive."""

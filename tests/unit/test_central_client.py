@@ -28,6 +28,7 @@ from models.central.gateway import (
 from models.central.jobs import (
     JobFileError,
     decode_overview,
+    failure_message,
     fill_placeholders,
     latest_checkpoint,
     parse_job,
@@ -329,3 +330,31 @@ def test_leaving_a_query_early_closes_its_operation() -> None:
     assert list(client.query("SELECT device, n FROM t", limit=1)) == [{"device": "d0", "n": 1}]
     assert client.sent[-1].method == "DELETE"
     assert client.sent[-1].path.endswith("/operations/op/close")
+
+
+def test_a_failing_jobs_last_failure_says_what_and_why() -> None:
+    """Flink REST /jobs/{id}/exceptions of preprocess_payments started before its topics
+    existed (trimmed)."""
+    trace = "\n".join([
+        "org.apache.flink.util.FlinkException: Global failure triggered by OperatorCoordinator"
+        " for 'Source: KafkaSource-default_catalog.default_database.labels -> Calc[8]'.",
+        "\tat org.apache.flink.runtime.operators.coordination.RecreateOnResetOperatorCoordinator"
+        "$QuiesceableContext.failJob(RecreateOnResetOperatorCoordinator.java:259)",
+        "Caused by: org.apache.flink.util.FlinkRuntimeException: Failed to list subscribed "
+        "topic partitions due to ",
+        "\t... 7 more",
+        "Caused by: java.lang.RuntimeException: Failed to get metadata for topics [edge.labels].",
+        "\t... 3 more",
+        "Caused by: java.util.concurrent.ExecutionException: org.apache.flink.kafka.shaded.org."
+        "apache.kafka.common.errors.UnknownTopicOrPartitionException: This server does not "
+        "host this topic-partition.",
+        "\t... 9 more",
+        "Caused by: org.apache.flink.kafka.shaded.org.apache.kafka.common.errors."
+        "UnknownTopicOrPartitionException: This server does not host this topic-partition.",
+    ])  # fmt: skip
+    body = {"exceptionHistory": {"entries": [{"exceptionName": "x", "stacktrace": trace}]}}
+    assert failure_message(body) == (
+        "Failed to get metadata for topics [edge.labels]. Caused by: "
+        "UnknownTopicOrPartitionException: This server does not host this topic-partition."
+    )
+    assert failure_message({"exceptionHistory": {"entries": []}}) is None
