@@ -1,14 +1,18 @@
-"""Bridge pieces without brokers: routing, header encoding, spool bounds and policies."""
+"""Bridge pieces without brokers: routing, header encoding, spool bounds and policies, and
+the bulk PUBLISH decoding and acks of the MQTT client it uses."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from bridge.routing import DEFAULT_ROUTES, MALFORMED_EVENT, MALFORMED_TOPIC, Router
 from bridge.spool import Record, Spool, SpoolFullError, _decode_headers, _encode_headers
 from plumbing.events import Topics, event_id_of
+from plumbing.paho_io import BufferedClient, Publish
 
 
 def test_routes_by_kind_with_device_key_and_headers() -> None:
@@ -119,3 +123,54 @@ def test_a_reader_behind_the_cache_gets_every_row_in_order(tmp_path: Path) -> No
     while batch := spool.read_after(seqs[-1], 1000):
         seqs += [r.seq for r in batch]
     assert seqs == list(range(1, 41))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _publish(
+    topic: str, payload: bytes, mid: int, *, props: bytes = b"", dup: bool = False
+) -> bytes:
+    """An MQTT 5 QoS 1 PUBLISH packet as a broker sends it."""
+    body = struct.pack("!H", len(topic.encode())) + topic.encode() + struct.pack("!H", mid)
+    body += _varint(len(props)) + props + payload
+    return bytes([0x32 | (0x08 if dup else 0)]) + _varint(len(body)) + body
+
+
+def _client_reading(data: bytes) -> tuple[BufferedClient, list[list[Publish]]]:
+    client = BufferedClient(callback_api_version=CallbackAPIVersion.VERSION2,
+                            protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)  # fmt: skip
+    batches: list[list[Publish]] = []
+    client.on_publish_batch = batches.append
+    client._read_buffer[: len(data)] = data
+    client._read_end = len(data)
+    return client, batches
+
+
+def test_bulk_decoder_takes_whole_qos1_publishes_and_leaves_the_rest_to_paho() -> None:
+    large = b"x" * 300  # a two-byte remaining length
+    first = _publish("edge/d1/raw/s", b'{"a": 1}', 1)
+    second = _publish("edge/d2/raw/s", large, 2, props=b"\x01\x01", dup=True)  # a property
+    suback = b"\x90\x03\x00\x05\x01"
+    client, _ = _client_reading(first + second + suback + _publish("edge/d3/raw/s", b"3", 3))
+    assert client._decode_publishes() == [
+        ("edge/d1/raw/s", b'{"a": 1}', 1, False), ("edge/d2/raw/s", large, 2, True),
+    ]  # fmt: skip
+    assert client._read_position == len(first + second)  # the SUBACK is paho's
+
+    cut = _publish("edge/d4/raw/s", b"4" * 100, 4)
+    client, _ = _client_reading(first + cut[:50])
+    assert [p[2] for p in client._decode_publishes()] == [1]
+    assert client._read_position == len(first)  # paho reads the rest of the cut packet
+
+
+def test_acks_of_many_messages_are_one_write_of_pubacks() -> None:
+    client, _ = _client_reading(b"")
+    client.ack_many([1, 258])
+    assert client._out_packet[-1]["packet"] == b"\x40\x02\x00\x01\x40\x02\x01\x02"
