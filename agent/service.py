@@ -305,8 +305,11 @@ class AgentService:
                      stream, bundle.label)  # fmt: skip
             if state.get("probation"):
                 self._resume_probation(stream, entry, bundle)
-        if configured is not None:
-            self._offer(stream, *configured)
+        active_now = entry.rollout.active
+        if configured is not None and (
+            active_now is None or configured[0].manifest.version > active_now.number
+        ):
+            self._offer(stream, *configured)  # a newer file (say, a package upgrade): shadowed
 
     def _resume_probation(self, stream: str, entry: _Stream, bundle: Bundle) -> None:
         reference = entry.rollout.previous[0] if entry.rollout.previous else None
@@ -385,8 +388,9 @@ class AgentService:
         cohort = rollout.cohort if rollout is not None else None
         if cohort is not None and not cohort.includes(self.settings.node_id):
             why = f"node not in the release's cohort ({cohort.model_dump(exclude_none=True)})"
+            figures = {"cohort": cohort.model_dump(mode="json", exclude_none=True)}
             active = entry.rollout.active
-            self._carry_out(stream, Decision("ignored", active, _version(bundle), why))
+            self._carry_out(stream, Decision("ignored", active, _version(bundle), why, figures))
             return
         decision = entry.rollout.offer(_version(bundle), time.monotonic(), _overrides(bundle))
         if decision.kind == "deferred":
@@ -497,8 +501,14 @@ class AgentService:
         entry = self.rollouts[stream]
         if decision.quiet or (decision.kind == "ignored" and decision == entry.last_ignored):
             return
+        if decision.kind == "ignored" and "cohort" not in decision.figures:
+            # Already decided (rejected, rolled back, not newer): the retained bundle comes
+            # again on every reconnect; logged, not announced over the decision itself.
+            log.info("stream %s: ignored %s: %s", stream, decision.to_version, decision.reason)
+            entry.last_ignored = decision
+            return
         if decision.kind == "ignored":
-            entry.last_ignored = decision  # a retained bundle comes again on every reconnect
+            entry.last_ignored = decision  # announced once per process, not per reconnect
         else:
             state = {"model": entry.name, "instruction_at": entry.instruction_at,
                      **entry.rollout.state()}  # fmt: skip
