@@ -595,6 +595,8 @@ class Stack:
             "sql-gateway.endpoint.rest.address": "127.0.0.1",
             "sql-gateway.endpoint.rest.bind-address": "127.0.0.1",
             "sql-gateway.endpoint.rest.port": s.sql_gateway_port,
+            # A notebook sits idle for a while; its session (and tables) should outlast that.
+            "sql-gateway.session.idle-timeout": "2 h",
             "state.backend.type": "hashmap",
             "execution.checkpointing.dir": self.checkpoint_dir.as_uri(),
             "execution.checkpointing.savepoint-dir": self.savepoint_dir.as_uri(),
