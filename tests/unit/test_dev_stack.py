@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import load_stack_module
 
 
@@ -47,3 +49,26 @@ def test_central_engine_config_binds_loopback_and_keeps_checkpoints(tmp_path: Pa
 
 def test_plain_status_has_no_central_part(tmp_path: Path) -> None:
     assert "central" not in load_stack_module().Stack(tmp_path).status()
+
+
+def test_fetching_the_engine_without_maven_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_stack_module()
+    monkeypatch.setenv("EDGEWATCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(module.shutil, "which", lambda tool: None if tool == "mvn" else tool)
+    with pytest.raises(module.StackError, match=r"mvn needed .*apt-get install"):
+        module.ensure_flink_home()
+    assert not any(tmp_path.iterdir())  # nothing half-made in the cache
+
+
+def test_a_fetched_engine_is_reused_without_any_tool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_stack_module()
+    monkeypatch.setenv("EDGEWATCH_CACHE", str(tmp_path))
+    home = tmp_path / f"flink-{module.FLINK_VERSION}"
+    home.mkdir()
+    (home / ".complete").write_text("done")
+    monkeypatch.setattr(module.shutil, "which", lambda tool: None)
+    assert module.ensure_flink_home() == home
