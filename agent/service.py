@@ -7,6 +7,16 @@ PUBACKs that complete raw messages, so a blocked intake can never stall them. On
 drains batches, scores and publishes, and waits while ``mqtt.receive_maximum`` raw messages
 are unacked (the broker's flow control is not relied on alone). A raw message is acked when
 the broker acknowledged everything it produced.
+
+Model rollout is the worker's too, between two batches, so a swap never splits a batch:
+every event is scored by exactly one serving model. Bundles (``{prefix}/models/{model}``)
+and signed instructions (``{prefix}/models/{model}--serve``) wait in a latest-wins slot per
+stream; the worker verifies them, hands them to the stream's :class:`agent.rollout.Rollout`
+(which decides, without I/O) and carries out its decisions: a candidate joins the pipeline
+as the stream's shadow model, a promotion or rollback swaps the serving model, every state
+change is written to the :class:`agent.store.ModelStore` before it is announced (retained
+status, and a transition on ``{prefix}/{node}/rollout/{stream}``). After each batch the
+pipeline's two-model figures go to the rollout, which may decide again.
 """
 
 from __future__ import annotations
