@@ -92,6 +92,31 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """What the rollout store holds: per stream the versions in use and the kept bundles."""
+    from agent.store import ModelStore
+    from models.bundle import load_trusted_keys
+    from plumbing.cli import require_settings
+
+    settings = require_settings(AgentSettings, args.config)
+    directory = settings.rollout.state_dir
+    if directory is None:
+        print("rollout.state_dir is not set: rollout state lives in the service's memory only",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    store = ModelStore(directory, settings.rollout.keep_bundles,
+                       load_trusted_keys(settings.trusted_keys))  # fmt: skip
+    for stream in settings.streams:
+        state = store.load_state(stream) or {}
+        kept = []
+        for entry in [state.get("active"), *state.get("previous", [])]:
+            if entry:
+                found = store.get(state["model"], entry["number"], entry["sha256"])
+                kept.append({"version": entry["number"], "verified": found is not None})
+        print(json.dumps({"stream": stream, **state, "bundles": kept}))
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from agent.replay import messages_from_file
     from plumbing.events import Topics
@@ -145,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     baseline.add_argument("--device", help="device id (required for reset)")
     baseline.add_argument("--stream", help="only this stream (default: every stream)")
     baseline.set_defaults(handler=cmd_baseline)
+
+    rollout = sub.add_parser("rollout", help="show the rollout state and kept bundles")
+    rollout.add_argument("--config", type=Path, help="the service's TOML configuration")
+    rollout.set_defaults(handler=cmd_rollout)
 
     replay = sub.add_parser("replay", help="publish data set rows as device messages")
     replay.add_argument("files", type=Path, nargs="+", help="CSV (credit card, SKAB) or JSONL")

@@ -18,6 +18,7 @@ from models.bundle import (
     RolloutSpec,
     load_private_key,
     node_bucket,
+    read_unverified,
 )
 from models.instructions import (
     InstructionError,
@@ -406,8 +407,11 @@ def _payments(version: int, **changes: object) -> Bundle:
     repo = Path(__file__).resolve().parents[2]
     manifest, model, _ = read_unverified((repo / "models/bundles/payments-fraud.ewb").read_bytes())
     private = repo / "deploy/dev/keys/dev-signing-key.DEVELOPMENT-ONLY.pem"
-    data = sign_bundle(manifest.model_copy(update={"version": version, **changes}), model,
-                       load_private_key(private))  # fmt: skip
+    data = sign_bundle(
+        manifest.model_copy(update={"version": version, **changes}),
+        model,
+        load_private_key(private),
+    )
     return verify_bundle(data, load_trusted_keys(repo / "models/bundles"))
 
 
@@ -448,3 +452,47 @@ def test_pipeline_scores_the_same_batch_with_the_shadow_model() -> None:
     assert len(outcomes) == 10
     assert all("shadow" not in o.document for o in outcomes if o.document)
     assert pipeline.shadow_figures["payments"].shadow_errors == 10
+
+
+def test_agent_rollout_command_shows_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import main
+    from agent.store import ModelStore
+    from models.bundle import load_trusted_keys, sign_bundle
+
+    repo = Path(__file__).resolve().parents[2]
+    keys = repo / "models/bundles"
+    bundle = _payments(2)
+    manifest, model, _ = read_unverified((repo / "models/bundles/payments-fraud.ewb").read_bytes())
+    data = sign_bundle(
+        manifest.model_copy(update={"version": 2}),
+        model,
+        load_private_key(repo / "deploy/dev/keys/dev-signing-key.DEVELOPMENT-ONLY.pem"),
+    )
+    store = ModelStore(tmp_path / "state", 4, load_trusted_keys(keys))
+    store.put(bundle, data)
+    active = {"number": 2, "sha256": bundle.sha256}
+    old = {"number": 1, "sha256": "0" * 64}  # named, but its file is gone: not verified
+    store.save_state(
+        "payments",
+        "payments-fraud",
+        {
+            "model": "payments-fraud",
+            "active": active,
+            "previous": [old],
+            "rolled_back": [3],
+            "rejected": [],
+            "probation": False,
+        },
+    )
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'trusted_keys = "{keys}"\n[rollout]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[streams.payments]\nmodel = "payments-fraud"\n'
+    )
+    assert main(["rollout", "--config", str(config)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["active"] == active
+    assert shown["rolled_back"] == [3]
+    assert shown["bundles"] == [{"version": 2, "verified": True}, {"version": 1, "verified": False}]
