@@ -328,7 +328,10 @@ class AgentService:
             log.warning("stream %s: no previous bundle to resume probation with", stream)
             return
         entry.rollout.resume_probation(time.monotonic(), _overrides(bundle))
-        self.pipeline.shadows[stream] = StreamModel(found[0], self.settings.max_devices)
+        self._warmed(self.pipeline.models[stream])  # both are timed from the first batch on
+        self.pipeline.shadows[stream] = self._warmed(
+            StreamModel(found[0], self.settings.max_devices)
+        )
 
     def _serve(self, stream: str, model: StreamModel) -> None:
         """Make ``model`` the one that serves ``stream`` (between batches)."""
@@ -429,7 +432,7 @@ class AgentService:
                 pipeline.shadows[stream] = self._warmed(
                     StreamModel(offered[0], self.settings.max_devices)
                 )
-            except EdgewatchError as exc:
+            except (EdgewatchError, ValueError, RuntimeError) as exc:  # LiteRT raises the latter
                 pipeline.shadows.pop(stream, None)
                 decision = entry.rollout.drop_candidate(f"does not load: {exc}")
             else:
