@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from agent.rollout import Phase, Reservoir, Rollout, Rules, ShadowFigures, Version, spearman
+from agent.service import AgentService
 from models.bundle import (
     Bundle,
     Cohort,
@@ -496,3 +497,60 @@ def test_agent_rollout_command_shows_the_store(
     assert shown["active"] == active
     assert shown["rolled_back"] == [3]
     assert shown["bundles"] == [{"version": 2, "verified": True}, {"version": 1, "verified": False}]
+
+
+def _service(tmp_path: Path) -> AgentService:
+    """An agent service that is never started: its rollout shell, without brokers."""
+    from agent.settings import AgentSettings
+
+    repo = Path(__file__).resolve().parents[2]
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'node_id = "box-x"\ntrusted_keys = "{repo / "models/bundles"}"\n'
+        f'[rollout]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[streams.payments]\nbundle = "{repo / "models/bundles/payments-fraud.ewb"}"\n'
+        'model = "payments-fraud"\n'
+    )
+    return AgentService(AgentSettings.load(config))
+
+
+def _signed(version: int, model: bytes | None = None, **changes: object) -> bytes:
+    import hashlib
+
+    from models.bundle import sign_bundle
+
+    repo = Path(__file__).resolve().parents[2]
+    manifest, shipped, _ = read_unverified(
+        (repo / "models/bundles/payments-fraud.ewb").read_bytes()
+    )
+    model = shipped if model is None else model
+    changed = manifest.model_copy(
+        update={"version": version, "model_sha256": hashlib.sha256(model).hexdigest(), **changes}
+    )
+    key = load_private_key(repo / "deploy/dev/keys/dev-signing-key.DEVELOPMENT-ONLY.pem")
+    return sign_bundle(changed, model, key)
+
+
+def test_service_shell_rejects_what_does_not_load_and_skips_other_cohorts(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    entry = service.rollouts["payments"]
+    assert entry.rollout.active is not None
+    assert entry.rollout.active.number == 1
+    service._consider("payments", _signed(2, model=b"not a tflite model"))
+    assert entry.rollout.last is not None
+    assert entry.rollout.last.kind == "rejected"
+    assert entry.rollout.last.reason.startswith("does not load")
+    assert "payments" not in service.pipeline.shadows
+    assert service.pipeline.models["payments"].manifest.version == 1
+    elsewhere = RolloutSpec(cohort=Cohort(nodes=("box-y",)))
+    service._consider("payments", _signed(3, rollout=elsewhere))
+    assert entry.rollout.candidate is None
+    assert entry.last_transition is not None
+    assert "cohort" in entry.last_transition["reason"]
+    service._consider("payments", _signed(4))
+    assert entry.rollout.shadow_candidate is not None
+    assert service.pipeline.shadows["payments"].manifest.version == 4
+    # Restarted on the same state directory: v1 serves, v2 stays rejected.
+    again = _service(tmp_path).rollouts["payments"].rollout
+    assert again.active is not None
+    assert (again.active.number, again.rejected) == (1, {2})
