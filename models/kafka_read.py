@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -40,6 +41,7 @@ class Record:
     timestamp_ms: int
     partition: int
     offset: int
+    headers: list[tuple[str, Any]] | None = None  # as confluent-kafka returns them
 
 
 def read_to_end(settings: KafkaSettings, topic: str, timeout_s: float = 60.0) -> list[Record]:
@@ -63,9 +65,7 @@ def read_to_end(settings: KafkaSettings, topic: str, timeout_s: float = 60.0) ->
             return []
         ends: dict[int, int] = {}
         for partition in info.partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout_s
-            )
+            low, high = _watermarks(consumer, TopicPartition(topic, partition), deadline)
             if high > low:
                 ends[partition] = high
         if not ends:
@@ -74,6 +74,29 @@ def read_to_end(settings: KafkaSettings, topic: str, timeout_s: float = 60.0) ->
         return _consume(consumer, topic, ends, deadline, timeout_s)
     finally:
         consumer.close()
+
+
+# A topic just created (by a job's first write, or auto-created) has no leader for a moment.
+_TRANSIENT = frozenset(
+    {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+     KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT, KafkaError.REQUEST_TIMED_OUT}
+)  # fmt: skip
+
+
+def _watermarks(consumer: Consumer, partition: TopicPartition, deadline: float) -> tuple[int, int]:
+    """Low and high offsets, waiting out a partition that has no leader yet."""
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                partition, timeout=max(deadline - time.monotonic(), 0.1)
+            )
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            transient = isinstance(error, KafkaError) and error.code() in _TRANSIENT
+            if not transient or time.monotonic() > deadline:
+                raise TopicReadError(f"{partition.topic}: {exc}") from exc
+            time.sleep(0.2)
 
 
 def _consume(
@@ -99,8 +122,19 @@ def _consume(
                 pending.discard(partition)
                 continue
             records.append(
-                Record(message.key(), message.value(), message.timestamp()[1], partition, offset)
+                Record(
+                    message.key(),
+                    message.value(),
+                    message.timestamp()[1],
+                    partition,
+                    offset,
+                    _header_list(message.headers()),
+                )
             )
             if offset + 1 >= ends[partition]:
                 pending.discard(partition)
     return records
+
+
+def _header_list(headers: Any) -> list[tuple[str, Any]] | None:
+    return list(headers.items()) if isinstance(headers, dict) else headers

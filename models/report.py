@@ -9,7 +9,8 @@ Written whether the gate passed or not, into one directory per run:
 - ``scores.png``: each model's score distribution on normal and fraud rows, with its
   threshold (log scale: reconstruction errors span orders of magnitude).
 
-matplotlib (``train`` extra) draws with the Agg backend, so no display is needed.
+matplotlib (``train`` extra) draws through pyplot: files on a headless machine (matplotlib
+falls back to Agg without a display), inline figures in a notebook.
 """
 
 from __future__ import annotations
@@ -52,9 +53,6 @@ ScoredModels = dict[str, tuple[npt.NDArray[np.float32], float]]  # label -> (sco
 
 def figure_curves(labels: npt.ArrayLike, models: ScoredModels, kind: str) -> Any:
     """A matplotlib Figure of ROC (``kind='roc'``) or precision-recall curves of each model."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from sklearn.metrics import precision_recall_curve, roc_curve
 
@@ -86,9 +84,6 @@ def figure_curves(labels: npt.ArrayLike, models: ScoredModels, kind: str) -> Any
 
 def figure_scores(labels: npt.ArrayLike, models: ScoredModels) -> Any:
     """Histograms of each model's scores on normal and fraud rows, with its threshold."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     y = np.asarray(labels).astype(bool)

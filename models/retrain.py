@@ -25,7 +25,9 @@ on its own from Python or a notebook:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import json
 import logging
 import sys
@@ -58,6 +60,10 @@ log = logging.getLogger(__name__)
 
 class RetrainError(EdgewatchError):
     """Retraining cannot proceed: no rows, unknown stream, unusable key or columns."""
+
+
+class GateRefusedError(RetrainError):
+    """The challenger did not pass the gate; nothing was signed or published."""
 
 
 # -- small helpers -------------------------------------------------------------------------------
@@ -130,6 +136,14 @@ def load_champion(
         fallback=settings.fallback_champion,
         timeout_s=config.retrain.read_timeout_s,
     )
+
+
+def fields_read(config: RetrainConfig, stream: str, champion: Champion | None) -> list[str]:
+    """Fields the rows need: the challenger's features, then any more the champion reads."""
+    fields = list(stream_settings(config, stream).features)
+    if champion is not None:
+        fields += [f for f in champion.bundle.manifest.features.names if f not in fields]
+    return fields
 
 
 # -- 2. rows -------------------------------------------------------------------------------------
@@ -310,16 +324,18 @@ def train_challenger(
         "split": split.summary(rows.times, rows.labels),
         "stream": stream,
     }
-    trained = fit_model(
-        spec,
-        x[split.train],
-        x[split.calibration],
-        name=settings.model,
-        version=version,
-        stream=stream,
-        config=train_config(settings, progress),
-        training_info=info,
-    )
+    # TensorFlow's converter prints the SavedModel it wrote to stdout: not the caller's output.
+    with contextlib.redirect_stdout(io.StringIO()):
+        trained = fit_model(
+            spec,
+            x[split.train],
+            x[split.calibration],
+            name=settings.model,
+            version=version,
+            stream=stream,
+            config=train_config(settings, progress),
+            training_info=info,
+        )
     bundle = unsigned_bundle(trained.manifest, trained.int8_model)
     return Challenger(trained, bundle, split, features)
 
@@ -429,6 +445,22 @@ class RetrainResult:
         return self.verdict.passed
 
 
+def next_version(champion: Champion | None) -> int:
+    """The version a published challenger gets: the champion's + 1 (1 for a first model)."""
+    return champion.bundle.manifest.version + 1 if champion is not None else 1
+
+
+def publish_if_passed(
+    config: RetrainConfig, challenger: Challenger, evaluation: Evaluation, directory: Path
+) -> Path:
+    """Sign and publish the challenger when the gate passed it; else raise naming each rule."""
+    if not evaluation.verdict.passed:
+        failed = "; ".join(rule.detail for rule in evaluation.verdict.failures)
+        raise GateRefusedError(f"the gate refused the challenger, nothing published: {failed}")
+    directory.mkdir(parents=True, exist_ok=True)
+    return sign_and_publish(config, challenger, evaluation, directory)
+
+
 def new_report_dir(config: RetrainConfig, stream: str) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
     return config.retrain.report_dir / f"{stream}-{stamp}"
@@ -454,10 +486,8 @@ def run_retrain(
     timings: dict[str, float] = {}
     with _stage("champion", timings, progress):
         champion = load_champion(config, stream, champion_path)
-    version = champion.bundle.manifest.version + 1 if champion is not None else 1
-    fields = list(settings.features)
-    if champion is not None:
-        fields += [f for f in champion.bundle.manifest.features.names if f not in fields]
+    version = next_version(champion)
+    fields = fields_read(config, stream, champion)
     with _stage("read rows", timings, progress):
         rows = load_rows(config, stream, fields, data=data, start=start, end=end)
     split = split_rows(config, stream, rows)

@@ -58,6 +58,8 @@ CREDITCARD = DATASETS / "creditcard" / "creditcard_head.csv"
 BUNDLES = REPO / "models" / "bundles"
 DEV_PRIVATE_KEY = REPO / "deploy" / "dev" / "keys" / "dev-signing-key.DEVELOPMENT-ONLY.pem"
 MODEL = "payments-fraud"
+PREPARED_STAGES = 7  # the notebook takes over from retraining on
+NOTEBOOK = REPO / "models" / "notebooks" / "edgewatch_loop.ipynb"
 WORK = REPO / ".cache" / "loop"
 
 
@@ -144,6 +146,8 @@ class Loop:
     watch: BoxWatch | None = None
     result: Any = None
     echo: Callable[[str], None] = print
+    feeding: threading.Event | None = None
+    feeder: threading.Thread | None = None
 
     # -- names -------------------------------------------------------------------------------
     @property
@@ -217,6 +221,8 @@ class Loop:
             f'topic = "{p}.deadletter"\n'
             f'[[routes]]\nfilter = "+/status/+"\nkind = "status"\ntopic = "{t["status"]}"\n'
             'key = "{device}/{stream}"\n'
+            f'[[routes]]\nfilter = "+/rollout/+"\nkind = "rollout"\ntopic = "{p}.rollouts"\n'
+            'key = "{device}/{stream}"\n'
         )  # fmt: skip
         bridge.write_text(
             f'node_id = "loop-box"\ndeadletter_topic = "{p}.deadletter"\n'
@@ -281,11 +287,8 @@ class Loop:
             publisher.stop()
 
     def into_kafka(self) -> str:
-        from models.kafka_read import read_to_end
-
         expected = len(messages_from_file(self.source))
-        kafka = self._kafka()
-        wait_until(lambda: len(read_to_end(kafka, self.topics["raw"])) >= expected, 120,
+        wait_until(lambda: self._count(self.topics["raw"]) >= expected, 120,
                    f"{expected} raw payments in {self.topics['raw']}")  # fmt: skip
         return f"{expected} raw payments in {self.topics['raw']}"
 
@@ -309,11 +312,8 @@ class Loop:
         return f"{len(messages)} labels ({frauds} frauds) on {self.topics['labels']}"
 
     def train_rows(self) -> str:
-        from models.kafka_read import read_to_end
-
         expected = len(messages_from_file(self.source))
-        kafka = self._kafka()
-        wait_until(lambda: len(read_to_end(kafka, self.topics["train"])) >= expected, 300,
+        wait_until(lambda: self._count(self.topics["train"]) >= expected, 300,
                    f"{expected} rows in {self.topics['train']} (the SQL job)")  # fmt: skip
         return f"{expected} labelled rows in {self.topics['train']} (read_committed)"
 
@@ -365,16 +365,24 @@ class Loop:
                    f"{len(tagged)} events scored by version {version}")  # fmt: skip
         return f"{watch.scored(version)} events scored by version {version}"
 
+    def _count(self, topic: str) -> int:
+        """Committed records in ``topic`` now; 0 while it cannot be read yet (being created)."""
+        from models.kafka_read import TopicReadError, read_to_end
+
+        try:
+            return len(read_to_end(self._kafka(), topic, timeout_s=30))
+        except TopicReadError as exc:
+            self.echo(f"       ({topic} not readable yet: {exc})")
+            return 0
+
     def _kafka(self) -> Any:
         from plumbing.settings import KafkaSettings
 
         return KafkaSettings(bootstrap_servers=self.stack.state.kafka_bootstrap)
 
     # -- run and tear down -------------------------------------------------------------------
-    def run(self) -> int:
-        """Every stage in order; the scoreboard at the end. 0 if the new version serves."""
-        self.work.mkdir(parents=True, exist_ok=True)
-        plan: list[tuple[str, Callable[[], str]]] = [
+    def plan(self) -> list[tuple[str, Callable[[], str]]]:
+        return [
             ("stack (Mosquitto, Kafka, Flink)", self.start_stack),
             ("box: agent + bridge", self.start_box),
             ("SQL job preprocess_payments", self.submit_job),
@@ -386,8 +394,12 @@ class Loop:
             ("bridge → agent serves new version", self.delivery),
             ("scored events with it", self.scored_with_new),
         ]
-        failed: str | None = None
-        for number, (name, action) in enumerate(plan, 1):
+
+    def run_stages(self, count: int | None = None) -> str | None:
+        """The first ``count`` stages (all by default); the failure, or None."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        plan = self.plan()
+        for number, (name, action) in enumerate(plan[:count], 1):
             if number == 3:
                 self.central_toml()
             self.echo(f"[{number:>2}/{len(plan)}] {name} …")
@@ -395,13 +407,31 @@ class Loop:
             try:
                 detail = action()
             except Exception as exc:  # noqa: BLE001 - every failure ends the loop with its reason
-                failed = f"{name}: {exc}"
                 self.stages.append(Stage(name, time.perf_counter() - started, f"FAILED: {exc}"))
-                break
+                return f"{name}: {exc}"
             self.stages.append(Stage(name, time.perf_counter() - started, detail))
             self.echo(f"       {self.stages[-1].seconds:6.1f} s  {detail}")
+        return None
+
+    def run(self) -> int:
+        """Every stage in order; the scoreboard at the end. 0 if the new version serves."""
+        failed = self.run_stages()
         self.scoreboard(failed)
         return 1 if failed else 0
+
+    def prepare(self) -> str | None:
+        """Stages 1-7 (labelled rows in train.payments), then payments keep arriving: what a
+        data scientist finds when the notebook connects. The failure, or None."""
+        failed = self.run_stages(PREPARED_STAGES)
+        if failed is None:
+            self.feeding = threading.Event()
+            self.feeder = threading.Thread(target=self._feed, args=(self.feeding,), daemon=True)
+            self.feeder.start()
+        return failed
+
+    def run_notebook(self, path: Path = NOTEBOOK, timeout_s: float = 900.0) -> None:
+        """Execute ``path`` in place against this loop's stack (after :meth:`prepare`)."""
+        execute_notebook(path, self.work / "central.toml", timeout_s)
 
     def scoreboard(self, failed: str | None) -> None:
         self.echo("\n============================ edgewatch loop ============================")
@@ -417,6 +447,9 @@ class Loop:
 
     def close(self) -> None:
         """Stop the agent, the bridge, the job and (if the loop started it) the stack."""
+        if self.feeding is not None and self.feeder is not None:
+            self.feeding.set()
+            self.feeder.join(30)
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -431,6 +464,27 @@ class Loop:
             _cancel_job(self.stack.state.flink_rest, self.job_id)
         if self.own_stack and self.stack is not None:
             self.stack.down()
+
+
+def execute_notebook(path: Path, config: Path, timeout_s: float = 900.0) -> None:
+    """Run every cell of ``path`` against the stack of ``config``; write outputs in place."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    previous = os.environ.get("CENTRAL_TOML")
+    os.environ["CENTRAL_TOML"] = str(config)  # the kernel inherits it
+    try:
+        NotebookClient(notebook, timeout=int(timeout_s), kernel_name="python3",
+                       resources={"metadata": {"path": str(REPO)}}).execute()  # fmt: skip
+    finally:
+        if previous is None:
+            os.environ.pop("CENTRAL_TOML", None)
+        else:
+            os.environ["CENTRAL_TOML"] = previous
+    nbformat.write(notebook, path)
 
 
 def stop_kept_services(work: Path, stack_module: Any) -> None:
@@ -471,7 +525,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "down"])
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="run",
+        choices=["run", "notebook", "down"],
+        help="run: the loop; notebook: stages 1-7, then execute the notebook "
+        f"({NOTEBOOK.relative_to(REPO)}) in place; down: stop what a --keep run left",
+    )
     parser.add_argument("--rate", type=float, default=2000, help="payments per second")
     parser.add_argument("--keep", action="store_true", help="leave everything running")
     parser.add_argument("--work", type=Path, default=WORK, help="work directory")
@@ -488,6 +549,15 @@ def main() -> int:
         shutil.rmtree(args.work / "checkpoints", ignore_errors=True)
     loop = Loop(work=args.work, rate=args.rate, echo=lambda line: print(line, flush=True))
     try:
+        if args.command == "notebook":
+            failed = loop.prepare()
+            if failed:
+                print(f"preparing the notebook's stack failed at {failed}", file=sys.stderr)
+                return 1
+            print(f"executing {NOTEBOOK.relative_to(REPO)} …", flush=True)
+            loop.run_notebook()
+            print(f"wrote {NOTEBOOK.relative_to(REPO)} with its outputs")
+            return 0
         return loop.run()
     finally:
         if not args.keep:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,14 +18,20 @@ from tests.integration.harness import BUNDLES, Collector, wait_for
 pytestmark = [pytest.mark.broker, pytest.mark.central, pytest.mark.slow]
 
 
+def new_loop(work: Path, stack: object, prefix: str, datasets: Path) -> tuple[Any, list[str]]:
+    """A loop on the run's stack with topics of its own, and the lines it prints."""
+    module = load_script("deploy/dev/loop.py", "edgewatch_loop")
+    lines: list[str] = []
+    loop = module.Loop(work=work, prefix=prefix, stack=stack,
+                       source=datasets / "creditcard" / "creditcard_head.csv",
+                       echo=lines.append)  # fmt: skip
+    return loop, lines
+
+
 def test_a_loop_run_publishes_a_new_version_and_the_agent_serves_it(
     tmp_path: Path, central_stack: object, mqtt_prefix: str, datasets: Path
 ) -> None:
-    module = load_script("deploy/dev/loop.py", "edgewatch_loop")
-    lines: list[str] = []
-    loop = module.Loop(work=tmp_path / "loop", prefix=mqtt_prefix, stack=central_stack,
-                       source=datasets / "creditcard" / "creditcard_head.csv",
-                       echo=lines.append)  # fmt: skip
+    loop, lines = new_loop(tmp_path / "loop", central_stack, mqtt_prefix, datasets)
     try:
         status = loop.run()
         assert status == 0, "\n".join(lines[-40:])
