@@ -13,8 +13,9 @@ time the box stamped on it.
 (:mod:`models.instructions`) and publishes it on ``{prefix}.models`` under the key
 ``{model}--serve``; every bridge republishes it retained, every box verifies it.
 
-Both read ``central.toml``: ``[kafka]`` for the cluster and ``topic_prefix`` of
-``[central]`` for the topic names (``edge`` by default); nothing of their own.
+Both read ``central.toml`` through :class:`models.central.settings.CentralSettings`:
+``[kafka]`` for the cluster, ``[central] topic_prefix`` for the topic names (``edge`` by
+default) and ``[retrain] models_topic`` if set; no section of their own.
 """
 
 from __future__ import annotations
@@ -25,35 +26,22 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import Field
-
-from plumbing.settings import KafkaSettings, ServiceSettings
+from models.central.settings import CentralSettings
+from plumbing.settings import KafkaSettings
 
 STALE_AFTER_S = 120.0  # a box silent longer than this is marked stale
 
 
-class FleetConfig(ServiceSettings):
-    """``central.toml`` as far as the fleet view reads it."""
+def topic(config: CentralSettings, name: str) -> str:
+    """``{central.topic_prefix}.{name}``: the topics the bridges write."""
+    return f"{config.central.topic_prefix}.{name}"
 
-    service_name: ClassVar[str] = "fleet"
 
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Central Kafka.")
-    central: dict[str, Any] = Field(
-        default_factory=dict,
-        description="The stream SQL engine ([central]); only topic_prefix is read here.",
-    )
-    retrain: dict[str, Any] = Field(
-        default_factory=dict, description="Retraining ([retrain]); only models_topic is read."
-    )
-
-    def topic(self, name: str) -> str:
-        return f"{self.central.get('topic_prefix', 'edge')}.{name}"
-
-    @property
-    def models_topic(self) -> str:
-        return str(self.retrain.get("models_topic") or self.topic("models"))
+def models_topic(config: CentralSettings) -> str:
+    """Where bundles (and instructions) go: ``[retrain] models_topic``, else ``{prefix}.models``."""
+    return str(config.retrain.get("models_topic") or topic(config, "models"))
 
 
 @dataclass
@@ -183,7 +171,7 @@ def render(boxes: list[BoxView], now: float, stale_after_s: float = STALE_AFTER_
 
 
 # -- commands ------------------------------------------------------------------------------------
-def read_fleet(config: FleetConfig, timeout_s: float = 30.0) -> list[BoxView]:
+def read_fleet(config: CentralSettings, timeout_s: float = 30.0) -> list[BoxView]:
     from models.kafka_read import read_to_end
 
     def documents(topic: str) -> list[tuple[float, dict[str, Any]]]:
@@ -197,7 +185,7 @@ def read_fleet(config: FleetConfig, timeout_s: float = 30.0) -> list[BoxView]:
                 out.append((record.timestamp_ms / 1000, doc))
         return out
 
-    return fleet_view(documents(config.topic("status")), documents(config.topic("rollouts")))
+    return fleet_view(documents(topic(config, "status")), documents(topic(config, "rollouts")))
 
 
 def produce_durably(settings: KafkaSettings, topic: str, key: str, value: bytes) -> None:
@@ -222,7 +210,7 @@ def produce_durably(settings: KafkaSettings, topic: str, key: str, value: bytes)
 def cmd_fleet(args: argparse.Namespace) -> int:
     from plumbing.cli import require_settings
 
-    config = require_settings(FleetConfig, args.config)
+    config = require_settings(CentralSettings, args.config)
     boxes = read_fleet(config, args.timeout)
     if args.json:
         print(json.dumps([asdict(b) for b in boxes], indent=2))
@@ -236,14 +224,15 @@ def cmd_serve_version(args: argparse.Namespace) -> int:
     from models.instructions import instruction_key, new_instruction, sign_instruction
     from plumbing.cli import require_settings
 
-    config = require_settings(FleetConfig, args.config)
+    config = require_settings(CentralSettings, args.config)
+    target = models_topic(config)
     nodes = tuple(args.nodes.split(",")) if args.nodes else None
     instruction = new_instruction(args.model, args.version, reason=args.reason, nodes=nodes)
     data = sign_instruction(instruction, load_private_key(args.key))
-    produce_durably(config.kafka, config.models_topic, instruction_key(args.model), data)
+    produce_durably(config.kafka, target, instruction_key(args.model), data)
     print(
         f"published: serve {args.model} v{args.version} on {', '.join(nodes or ['every box'])}"
-        f" ({config.models_topic}, key {instruction_key(args.model)})"
+        f" ({target}, key {instruction_key(args.model)})"
     )
     return 0
 

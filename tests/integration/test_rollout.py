@@ -34,7 +34,8 @@ from models.bundle import (
     read_unverified,
     sign_bundle,
 )
-from models.fleet import BoxView, FleetConfig, read_fleet
+from models.central.settings import CentralSettings
+from models.fleet import BoxView, read_fleet
 from models.instructions import instruction_key, new_instruction, sign_instruction
 from models.publish import publish_bundle
 from tests.conftest import REPO, load_stack_module
@@ -231,7 +232,7 @@ class Fleet:
 
     def view(self, until: Callable[[dict[str, BoxView]], bool], what: str) -> dict[str, BoxView]:
         """The fleet view from Kafka, read again until ``until`` holds."""
-        config = FleetConfig.load(self.central)
+        config = CentralSettings.load(self.central)
         boxes: dict[str, BoxView] = {}
 
         def ready() -> bool:
