@@ -126,7 +126,8 @@ class DebianMosquitto:
 
     def add_user(self, name: str, password: str) -> None:
         subprocess.run(["mosquitto_passwd", "-b", str(self.passwd), name, password], check=True)
-        self.reload()
+        if self.proc is not None and self.proc.poll() is None:
+            self.reload()
 
 
 class Device:
