@@ -9,6 +9,9 @@ state, the last transition and why, and when the box was last heard of. The fold
 (:func:`fleet_view`) has no I/O; the newest of a box's status and transitions wins, by the
 time the box stamped on it.
 
+``stage`` re-signs a bundle with a ``rollout`` section: the cohort it is released to (node
+ids, or a percentage by stable hash of the node id) and overrides of the boxes' rules.
+
 ``serve-version`` signs a "serve version V of model M" instruction
 (:mod:`models.instructions`) and publishes it on ``{prefix}.models`` under the key
 ``{model}--serve``; every bridge republishes it retained, every box verifies it.
@@ -237,8 +240,38 @@ def cmd_serve_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stage(args: argparse.Namespace) -> int:
+    """Re-sign a bundle with a rollout section: its cohort and rule overrides."""
+    from models.bundle import (
+        Cohort,
+        Manifest,
+        RolloutRules,
+        RolloutSpec,
+        load_private_key,
+        load_trusted_keys,
+        sign_bundle,
+        verify_bundle,
+    )
+
+    bundle = verify_bundle(args.bundle.read_bytes(), load_trusted_keys(args.trusted_keys))
+    rules = dict(item.split("=", 1) for item in args.rule)
+    nodes = tuple(args.nodes.split(",")) if args.nodes else None
+    cohort = (
+        Cohort(nodes=nodes, percent=args.percent) if nodes or args.percent is not None else None
+    )
+    document = bundle.manifest.model_dump(mode="json")
+    document["rollout"] = RolloutSpec(cohort=cohort, rules=RolloutRules(**rules)).model_dump()
+    if args.version is not None:
+        document["version"] = args.version
+    manifest = Manifest.model_validate(document)
+    args.out.write_bytes(sign_bundle(manifest, bundle.model, load_private_key(args.key)))
+    staged = json.loads(manifest.to_bytes())["rollout"]
+    print(f"wrote {args.out} ({manifest.name} v{manifest.version}, rollout {staged})")
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
-    """The ``fleet`` and ``serve-version`` subcommands of ``edgewatch-models``."""
+    """The ``fleet``, ``serve-version`` and ``stage`` subcommands of ``edgewatch-models``."""
     fleet = sub.add_parser("fleet", help="per box: model versions, rollout state, last change")
     fleet.add_argument("--config", type=Path, help="central.toml ([kafka], [central])")
     fleet.add_argument("--json", action="store_true")
@@ -259,3 +292,20 @@ def add_parsers(sub: Any) -> None:
     serve.add_argument("--nodes", help="comma-separated node ids (default: every box)")
     serve.add_argument("--reason", default="", help="shown in the fleet view")
     serve.set_defaults(run=cmd_serve_version)
+
+    stage = sub.add_parser("stage", help="re-sign a bundle for a cohort, with rule overrides")
+    stage.add_argument("bundle", type=Path)
+    stage.add_argument("--out", type=Path, required=True)
+    stage.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM)")
+    stage.add_argument("--trusted-keys", type=Path, required=True, help="keys it verifies with")
+    stage.add_argument("--nodes", help="comma-separated node ids of the cohort")
+    stage.add_argument("--percent", type=float, help="share of the fleet (stable hash of node id)")
+    stage.add_argument(
+        "--rule",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="rollout rule override, e.g. shadow_events=5000 (repeatable)",
+    )
+    stage.add_argument("--version", type=int, help="a new version number (default: keep)")
+    stage.set_defaults(run=cmd_stage)

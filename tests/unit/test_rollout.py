@@ -554,3 +554,51 @@ def test_service_shell_rejects_what_does_not_load_and_skips_other_cohorts(tmp_pa
     again = _service(tmp_path).rollouts["payments"].rollout
     assert again.active is not None
     assert (again.active.number, again.rejected) == (1, {2})
+
+
+def test_stage_command_resigns_a_bundle_for_a_cohort(tmp_path: Path) -> None:
+    from models.cli import main
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "staged.ewb"
+    code = main(
+        [
+            "stage",
+            str(repo / "models/bundles/payments-fraud.ewb"),
+            "--out",
+            str(out),
+            "--key",
+            str(repo / "deploy/dev/keys/dev-signing-key.DEVELOPMENT-ONLY.pem"),
+            "--trusted-keys",
+            str(repo / "models/bundles"),
+            "--percent",
+            "10",
+            "--nodes",
+            "box-a,box-b",
+            "--rule",
+            "shadow_events=5000",
+            "--version",
+            "7",
+        ]
+    )
+    assert code == 0
+    manifest, _, _ = read_unverified(out.read_bytes())
+    assert manifest.version == 7
+    assert manifest.rollout is not None
+    assert manifest.rollout.cohort == Cohort(nodes=("box-a", "box-b"), percent=10)
+    assert manifest.rollout.rules.shadow_events == 5000
+    bad = main(
+        [
+            "stage",
+            str(out),
+            "--out",
+            str(tmp_path / "x.ewb"),
+            "--key",
+            str(tmp_path),
+            "--trusted-keys",
+            str(repo / "models/bundles"),
+            "--rule",
+            "no_such_rule=1",
+        ]
+    )
+    assert bad == 1
