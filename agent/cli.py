@@ -64,16 +64,22 @@ def _quality(messages: list[Any], verdicts: dict[str, bool]) -> dict[str, Any]:
             **{k: result[k] for k in keep}}  # fmt: skip
 
 
+def _state_dir(directory: Path | None, section: str) -> Path | None:
+    """A section's state_dir, or None after saying that its state lives in memory only."""
+    if directory is None:
+        print(f"{section}.state_dir is not set: the service keeps that state in memory only",
+              file=sys.stderr)  # fmt: skip
+    return directory
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
     """Per-device baselines: ask the service to reset one, or show what is stored."""
     from agent.baselines import BaselineStore
     from plumbing.cli import require_settings
 
     settings = require_settings(AgentSettings, args.config)
-    directory = settings.baselines.state_dir
+    directory = _state_dir(settings.baselines.state_dir, "baselines")
     if directory is None:
-        print("baselines.state_dir is not set: baselines live in the service's memory only",
-              file=sys.stderr)  # fmt: skip
         return 1
     store = BaselineStore(directory)
     if args.action == "reset":
@@ -99,10 +105,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     from plumbing.cli import require_settings
 
     settings = require_settings(AgentSettings, args.config)
-    directory = settings.rollout.state_dir
+    directory = _state_dir(settings.rollout.state_dir, "rollout")
     if directory is None:
-        print("rollout.state_dir is not set: rollout state lives in the service's memory only",
-              file=sys.stderr)  # fmt: skip
         return 1
     store = ModelStore(directory, settings.rollout.keep_bundles,
                        load_trusted_keys(settings.trusted_keys))  # fmt: skip

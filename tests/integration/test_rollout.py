@@ -230,6 +230,18 @@ class Fleet:
         )
         return path
 
+    def settled(self, stream: str, kind: str) -> dict[str, BoxView]:
+        """The fleet view once every box's last transition of ``stream`` is ``kind``."""
+
+        def done(view: dict[str, BoxView]) -> bool:
+            lasts = [
+                view[n].streams[stream].last if n in view and stream in view[n].streams else None
+                for n in NODES
+            ]
+            return all(last is not None and last["kind"] == kind for last in lasts)
+
+        return self.view(done, f"{kind} of {stream} on every box in the fleet view")
+
     def view(self, until: Callable[[dict[str, BoxView]], bool], what: str) -> dict[str, BoxView]:
         """The fleet view from Kafka, read again until ``until`` holds."""
         config = CentralSettings.load(self.central)
@@ -361,15 +373,7 @@ def test_bad_candidate_is_rejected_on_every_box(fleet: Fleet) -> None:
         assert {d["model"]["version"] for d in box.scored("bad")} == {1}
         alerts = [d for d in box.collector.documents("alerts") if d["stream"] == "bad"]
         assert all(d["model"]["version"] == 1 for d in alerts)  # no candidate alert escaped
-    view = fleet.view(
-        lambda v: all(
-            v[n].streams.get("bad")
-            and v[n].streams["bad"].last
-            and v[n].streams["bad"].last["kind"] == "rejected"
-            for n in NODES
-        ),
-        "rejections in the fleet view",
-    )
+    view = fleet.settled("bad", "rejected")
     for node in NODES:
         last = view[node].streams["bad"].last or {}
         assert "alert rate" in last["reason"]
@@ -393,15 +397,7 @@ def test_promoted_model_that_turns_bad_is_rolled_back(fleet: Fleet) -> None:
         wait_for(lambda box=box: box.serving("drift") == 1, 10, "v1 serving again")
         box.feed("drift", 50)
         assert box.scored("drift")[-1]["model"]["version"] == 1
-    view = fleet.view(
-        lambda v: all(
-            v[n].streams.get("drift")
-            and v[n].streams["drift"].last
-            and v[n].streams["drift"].last["kind"] == "rolled_back"
-            for n in NODES
-        ),
-        "rollbacks in the fleet view",
-    )
+    view = fleet.settled("drift", "rolled_back")
     for node in NODES:
         stream = view[node].streams["drift"]
         assert (stream.active, stream.state) == (1, "serving")
@@ -426,8 +422,11 @@ def test_promoted_model_that_turns_bad_is_rolled_back(fleet: Fleet) -> None:
     assert a.agent is not None
     a.agent.terminate()
     a.agent = start_agent(a.agent_toml, a.directory / "agent3.log", a.collector, "edge")
-    wait_for(lambda: "ignored v2: v2 was rolled back; not tried again" in a.agent.log_text(),
-             30, "the retained v2 to be seen and ignored")  # fmt: skip
+    wait_for(
+        lambda: "ignored v2: v2 was rolled back; not tried again" in a.agent.log_text(),
+        30,
+        "the retained v2 to be seen and ignored",
+    )
     a.feed("drift", 20)
     assert a.serving("drift") == 1
     assert a.scored("drift")[-1]["model"]["version"] == 1
@@ -472,11 +471,27 @@ def test_rollback_instruction_from_the_centre_and_forgeries(fleet: Fleet) -> Non
             assert box.serving("instr") == 2
     # The genuine one, signed and published by the command the centre uses.
     subprocess.run(
-        [sys.executable, "-m", "models.cli", "serve-version", "--config", str(fleet.central),
-         "--model", "ro-instr", "--version", "1", "--key", str(DEV_PRIVATE),
-         "--nodes", "box-a,box-b", "--reason", "fraud team"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "models.cli",
+            "serve-version",
+            "--config",
+            str(fleet.central),
+            "--model",
+            "ro-instr",
+            "--version",
+            "1",
+            "--key",
+            str(DEV_PRIVATE),
+            "--nodes",
+            "box-a,box-b",
+            "--reason",
+            "fraud team",
+        ],
+        check=True,
+        capture_output=True,
+    )
     for box in fleet.boxes[:2]:
         decision = box.wait_transition("instr", "rolled_back", 1)
         assert decision["reason"] == "instruction from the centre: fraud team"
