@@ -55,6 +55,12 @@ class Central:
         """The test's own name of a job placeholder's topic, e.g. 'raw_payments_topic'."""
         return self.settings.job_variables("any")[name]
 
+    def topics(self, *names: str) -> list[str]:
+        """The test's topics for these placeholders, created (Flink refuses a missing one)."""
+        topics = [self.topic(name) for name in names]
+        create_topics(self.bootstrap, topics)
+        return topics
+
 
 @pytest.fixture
 def central(
@@ -102,10 +108,10 @@ class Writer:
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
 
     def raw(self, topic: str, device: str, payload: dict[str, Any] | bytes, event_id: str,
-            node: str = "box-1") -> None:  # fmt: skip
+            stream: str = "payments") -> None:  # fmt: skip
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        headers = [("mqtt_topic", f"edge/{device}/raw/payments".encode()),
-                   ("node_id", node.encode()), ("event_id", event_id.encode())]  # fmt: skip
+        headers = [("mqtt_topic", f"edge/{device}/raw/{stream}".encode()),
+                   ("node_id", b"box-1"), ("event_id", event_id.encode())]  # fmt: skip
         self.producer.produce(topic, key=device.encode(), value=body, headers=headers)
 
     def label(self, topic: str, event_id: str, label: int, labelled_at: float) -> None:
@@ -198,9 +204,9 @@ def assert_rows_equal(got: dict[str, Any], want: dict[str, Any]) -> None:
 def test_preprocess_payments_yields_exactly_the_labelled_deduplicated_masked_rows(
     central: Central,
 ) -> None:
-    raw_topic, labels_topic = central.topic("raw_payments_topic"), central.topic("labels_topic")
-    train_topic = central.topic("train_payments_topic")
-    create_topics(central.bootstrap, [raw_topic, labels_topic, train_topic])
+    raw_topic, labels_topic, train_topic = central.topics(
+        "raw_payments_topic", "labels_topic", "train_payments_topic"
+    )
     writer, t0 = Writer(central.bootstrap), 1_796_000_000.0
     p = {i: payment(i) for i in range(8)}
     p[4] = payment(4, card_number="4111-1111 1111-4242", holder="Jane Q. Holder")
@@ -362,9 +368,9 @@ def test_monitor_counts_each_minute_per_node_stream_and_model_version(central: C
 def test_preprocess_survives_kill_9_of_the_engine_and_resumes_from_its_last_checkpoint(
     central: Central,
 ) -> None:
-    raw_topic, labels_topic = central.topic("raw_payments_topic"), central.topic("labels_topic")
-    train_topic = central.topic("train_payments_topic")
-    create_topics(central.bootstrap, [raw_topic, labels_topic, train_topic])
+    raw_topic, labels_topic, train_topic = central.topics(
+        "raw_payments_topic", "labels_topic", "train_payments_topic"
+    )
     total, rate = 3000, 100.0
     labelled = {f"p{i}" for i in range(total) if i % 5 != 4}  # every 5th never labelled
     central.jobs.submit("preprocess_payments", resume=False)
@@ -411,3 +417,37 @@ def test_preprocess_survives_kill_9_of_the_engine_and_resumes_from_its_last_chec
     assert set(counts) == labelled  # deduplicated by event_id: exactly the expected set
     assert max(counts.values()) == 1  # and, read_committed, not even a duplicate row
     assert all(set(row) == TRAIN_PAYMENT_COLUMNS for row in rows)
+
+
+CHANNELS = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature",
+            "Thermocouple", "Voltage", "Volume Flow RateRMS"]  # fmt: skip
+
+
+def test_preprocess_sensors_writes_each_complete_reading_once(central: Central) -> None:
+    raw_topic, train_topic = central.topics("raw_sensors_topic", "train_sensors_topic")
+    writer = Writer(central.bootstrap)
+    readings = {i: {"event_id": f"s{i}", "ts": 1_796_000_000.0 + i,
+                    "datetime": "2020-03-09 10:14:33",
+                    **{name: round(i + k / 10, 3) for k, name in enumerate(CHANNELS)}}
+                for i in range(4)}  # fmt: skip
+    readings[3].pop("Current")  # a channel missing: not a training row
+    for i in (0, 1, 1, 2, 3, 0):  # s1 and s0 delivered twice
+        writer.raw(raw_topic, "pump-7", readings[i], f"s{i}", stream="sensors")
+    writer.raw(raw_topic, "pump-7", b"not json at all", "junk", stream="sensors")
+    writer.flush()
+
+    central.jobs.submit("preprocess_sensors", resume=False)
+    reader = Reader(central.bootstrap, train_topic)
+    try:
+        reader.until(lambda rows: len(rows) >= 3, 120, "3 sensor rows")
+        writer.raw(raw_topic, "pump-7", readings[2], "s2", stream="sensors")  # late duplicate
+        writer.flush()
+        rows = reader.quiet()
+    finally:
+        reader.close()
+
+    assert sorted(row["event_id"] for row in rows) == ["s0", "s1", "s2"]
+    for row in rows:
+        want = {key: value for key, value in readings[int(row["event_id"][1:])].items()
+                if key != "datetime"}  # fmt: skip
+        assert_rows_equal(row, {**want, "device": "pump-7"})
