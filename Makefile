@@ -69,6 +69,7 @@ loop: setup
 bench: setup
 	$(PY) tests/bench/agent_throughput.py --json
 	$(PY) tests/bench/bridge_throughput.py --json
+	$(PY) tests/bench/central_throughput.py --json
 
 bundles: setup
 	$(VENV)/bin/edgewatch-models build-bundles
