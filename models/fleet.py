@@ -124,8 +124,8 @@ def _update(
 
 
 # -- rendering -----------------------------------------------------------------------------------
-def _when(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(at)) if at else "-"
+def _when(at: float, pattern: str = "%Y-%m-%d %H:%M:%SZ") -> str:
+    return time.strftime(pattern, time.gmtime(at)) if at else "-"
 
 
 def _v(number: int | None) -> str:
@@ -147,25 +147,28 @@ def _figures(figures: dict[str, Any] | None) -> str:
 
 
 def describe_stream(stream: str, view: StreamView) -> str:
+    """``stream=model active/candidate/previous state; last transition: why [figures]``."""
     previous = ",".join(_v(v) for v in view.previous) or "-"
-    text = (
-        f"{stream}: {view.model or '?'} active {_v(view.active)} candidate "
-        f"{_v(view.candidate)} previous {previous} ({view.state})"
-    )
+    text = f"{stream}={view.model or '?'} {_v(view.active)}/{_v(view.candidate)}/{previous}"
+    text += f" {view.state}"
     last = view.last
     if last:
-        change = f"{_v(last.get('from_version'))} -> {_v(last.get('to_version'))}"
+        start, end = last.get("from_version"), last.get("to_version")
+        change = _v(end) if start is None else f"{_v(start)}->{_v(end)}"
         text += (
-            f"; last {last.get('kind')} {change} at {_when(last.get('at') or 0)}: "
+            f"; {last.get('kind')} {change} {_when(last.get('at') or 0, '%H:%M:%SZ')}: "
             f"{last.get('reason')}{_figures(last.get('figures'))}"
         )
     return text
 
 
+HEADER = "STREAMS: stream=model active/candidate/previous state; last transition: why [figures]"
+
+
 def render(boxes: list[BoxView], now: float, stale_after_s: float = STALE_AFTER_S) -> str:
-    """One line per box: node, agent state, last seen, then each stream."""
+    """One line per box: node, agent state ('?': not heard of lately), last seen, streams."""
     width = max([len("NODE"), *(len(b.node) for b in boxes)])
-    lines = [f"{'NODE':<{width}}  {'AGENT':<8} {'LAST SEEN':<21} STREAMS"]
+    lines = [f"{'NODE':<{width}}  {'AGENT':<8} {'LAST SEEN':<21} {HEADER}"]
     for b in boxes:
         agent = b.agent if now - b.last_seen <= stale_after_s else f"{b.agent}?"
         streams = " | ".join(describe_stream(s, v) for s, v in sorted(b.streams.items()))

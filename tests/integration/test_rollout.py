@@ -410,9 +410,7 @@ def test_promoted_model_that_turns_bad_is_rolled_back(fleet: Fleet) -> None:
     assert len(lines) == 1 + len(NODES)
     for node, line in zip(NODES, lines[1:], strict=True):
         assert line.startswith(node)
-        assert (
-            "drift: ro-drift active v1 candidate - previous - (serving); last rolled_back" in line
-        )
+        assert "drift=ro-drift v1/-/- serving; rolled_back v2->v1" in line
     listed = json.loads(
         subprocess.run([*command, "--json"], capture_output=True, text=True, check=True).stdout
     )

@@ -362,10 +362,9 @@ def test_fleet_view_folds_statuses_and_transitions() -> None:
     text = render(boxes, now=130.0)
     lines = text.splitlines()
     assert len(lines) == 3  # a header and one line per box
-    assert "payments: pay active v2 candidate - previous v1 (probation)" in lines[1]
-    assert "last promoted v1 -> v2" in lines[1]
+    assert "payments=pay v2/-/v1 probation; promoted v1->v2 00:01:30Z" in lines[1]
     assert "[300 events, alerts 0.04 vs 0.039, rank 1.0, p95 0.4 ms]" in lines[1]
-    assert "last rejected v1 -> v3" in lines[2]
+    assert "payments=pay v1/-/- serving; rejected v1->v3" in lines[2]
     assert "online?" not in lines[1]
     assert "online?" in render(boxes, now=1000.0).splitlines()[1]  # not heard of: stale
 
