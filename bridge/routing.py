@@ -39,7 +39,7 @@ DEFAULT_ROUTES = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Routed:
     """Where one message goes (or why it cannot go anywhere but the dead-letter topic)."""
 
@@ -61,6 +61,7 @@ class _Target:
     kafka_topic: str
     key: bytes
     reject: str | None
+    mqtt_header: tuple[str, bytes]
 
 
 class Router:
@@ -70,6 +71,7 @@ class Router:
         self.topics = topics
         self.routes = routes
         self.node = node_id.encode()
+        self._node_header = ("node_id", self.node)
         self._filters = [f"{topics.prefix}/{r.filter}" for r in routes]
         self._cache: dict[str, _Target] = {}
 
@@ -89,11 +91,13 @@ class Router:
         if parts is None or route is None:
             device = parts.device if parts else "unknown"
             reason = MALFORMED_TOPIC if parts is None else NO_ROUTE
-            target = _Target(None, device, "", device.encode(), reason)
+            target = _Target(None, device, "", device.encode(), reason,
+                             ("mqtt_topic", mqtt_topic.encode()))  # fmt: skip
         else:
             values = {"device": parts.device, "stream": parts.stream, "kind": parts.kind}
             target = _Target(route, parts.device, route.topic.format(**values),
-                             route.key.format(**values).encode(), None)  # fmt: skip
+                             route.key.format(**values).encode(), None,
+                             ("mqtt_topic", mqtt_topic.encode()))  # fmt: skip
         if len(self._cache) >= self.CACHE_LIMIT:
             self._cache.clear()
         self._cache[mqtt_topic] = target
@@ -111,11 +115,7 @@ class Router:
         if route is None:
             return Routed("deadletter", "", target.key, [], event_id, target.reject,
                           f"no route for MQTT topic {mqtt_topic!r}")  # fmt: skip
-        headers = [
-            ("mqtt_topic", mqtt_topic.encode()),
-            ("node_id", self.node),
-            ("event_id", event_id.encode()),
-        ]
+        headers = [target.mqtt_header, self._node_header, ("event_id", event_id.encode())]
         if route.json_event and not isinstance(document, dict):
             return Routed(
                 "deadletter",

@@ -182,6 +182,15 @@ def _log_lines(path: Path) -> list[str]:
     return path.read_text(errors="replace").splitlines() if path.exists() else []
 
 
+def wait_log(log: Path, proc: subprocess.Popen[bytes], done: object, what: str) -> None:
+    """Until ``done(lines of log)``; raises if ``proc`` ended or 15 minutes passed."""
+    deadline = time.monotonic() + 900
+    while not done(_log_lines(log)):  # type: ignore[operator]
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} ({log.read_text(errors='replace')[-500:]})")
+        time.sleep(0.2)
+
+
 def compiled_forwarder(stack: object, binary: Path, count: int, workdir: Path, name: str
                        ) -> tuple[float, float]:  # fmt: skip
     """The compiled forwarder on a backlog of ``count``: its rate in Kafka and peak RSS."""
@@ -194,16 +203,9 @@ def compiled_forwarder(stack: object, binary: Path, count: int, workdir: Path, n
         handle = log.open("ab")
         return subprocess.Popen(args, stdout=handle, stderr=handle)
 
-    def wait_log(log: Path, proc: subprocess.Popen[bytes], done: object, what: str) -> None:
-        deadline = time.monotonic() + 900
-        while not done(_log_lines(log)):  # type: ignore[operator]
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name}: {what} ({log.read_text(errors='replace')[-500:]})")
-            time.sleep(0.2)
-
     first = workdir / f"{name}-session.log"
     proc = start(first)  # makes the persistent session, then leaves it
-    wait_log(first, proc, lambda lines: "subscribed" in lines, "did not subscribe")
+    wait_log(first, proc, lambda lines: "subscribed" in lines, f"{name} did not subscribe")
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
     publish(port, raw_items(name, count))
@@ -215,7 +217,7 @@ def compiled_forwarder(stack: object, binary: Path, count: int, workdir: Path, n
         return bool(counts) and counts[-1] >= count
 
     try:
-        wait_log(log, proc, delivered, "Kafka did not acknowledge everything")
+        wait_log(log, proc, delivered, f"{name}: Kafka did not acknowledge everything")
         rss = peak_rss_mb(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -238,6 +240,8 @@ def serve_naive(port: int, bootstrap: str, prefix: str) -> None:
         on_message=inbox.put,
     )
     connection.start()
+    time.sleep(0.5)  # the SUBACK
+    print("subscribed", flush=True)
     for msg in messages_until_sigterm(inbox):
         key = msg.topic.split("/")[1]
         producer.produce(f"{prefix}.raw", value=msg.payload, key=key)
@@ -251,8 +255,9 @@ def naive_bridge(stack: object, count: int, workdir: Path) -> float:
     bootstrap = stack.state.kafka_bootstrap  # type: ignore[attr-defined]
     prefix = f"naive{uuid.uuid4().hex[:6]}"
     args = [__file__, "--serve-naive", str(port), bootstrap, prefix]
-    proc = run_module(args, workdir / "naive.log")
-    time.sleep(3)
+    log = workdir / "naive-session.log"
+    proc = run_module(args, log)  # makes the persistent session (a busy box starts slowly)
+    wait_log(log, proc, lambda lines: "subscribed" in lines, "the naive bridge did not subscribe")
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
     publish(port, raw_items(prefix, count))
