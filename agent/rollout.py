@@ -372,12 +372,18 @@ class Rollout:
         self._window = Window(r.rank_sample, self._rng, now)
         return None
 
-    def instruct(self, version: Version, now: float, reason: str = "") -> Decision:
-        """The centre says: serve ``version`` (the service has it, verified)."""
+    def instruct(self, version: Version, reason: str = "") -> Decision:
+        """The centre says: serve ``version`` (the service has it, verified). Versions newer
+        than it that are serving or in shadow are retired, as if rolled back."""
         old = self.active
         why = f"instruction from the centre{': ' + reason if reason else ''}"
         if version == old:
-            return Decision("ignored", old, version, f"{why}; already serving {version}")
+            candidate = self.shadow_candidate
+            if candidate is None or candidate.number <= version.number:
+                return Decision("ignored", old, version, f"{why}; already serving {version}")
+            self.rolled_back.add(candidate.number)  # the centre pins this version
+            self.candidate, self.phase, self._window = None, Phase.SERVING, None
+            return self._decide("instructed", old, version, f"{why}; candidate {candidate} retired")
         self.rolled_back.discard(version.number)
         self.rejected.discard(version.number)
         newer = [v for v in (old, self.candidate) if v is not None and v.number > version.number]

@@ -487,8 +487,7 @@ class AgentService:
             why = f"v{instruction.version} is not in the local store"
             self._announce(stream, Decision("instruction_failed", entry.rollout.active, None, why))
             return
-        decision = entry.rollout.instruct(_version(found[0]), time.monotonic(),
-                                          instruction.reason)  # fmt: skip
+        decision = entry.rollout.instruct(_version(found[0]), instruction.reason)
         if decision.kind != "ignored":
             self.store.put(*found)
             self.pipeline.shadows.pop(stream, None)

@@ -205,13 +205,13 @@ def test_offers_that_are_not_newer_are_ignored_and_newer_candidates_replace() ->
 def test_instruction_serves_an_older_version_and_retires_the_newer() -> None:
     rollout, _ = _promoted()
     rollout.offer(V3, now=15.0)  # deferred
-    decision = rollout.instruct(V1, now=20.0, reason="fraud team")
+    decision = rollout.instruct(V1, reason="fraud team")
     assert decision.kind == "rolled_back"
     assert decision.reason == "instruction from the centre: fraud team"
     assert (rollout.active, rollout.phase, rollout.candidate) == (V1, Phase.SERVING, None)
     assert rollout.offer(V2, now=21).kind == "ignored"
-    assert rollout.instruct(V1, now=22).kind == "ignored"
-    forward = rollout.instruct(V2, now=23)  # the centre may bring a rolled-back one back
+    assert rollout.instruct(V1).kind == "ignored"
+    forward = rollout.instruct(V2)  # the centre may bring a rolled-back one back
     assert forward.kind == "instructed"
     assert (rollout.active, rollout.previous) == (V2, [V1])
 
@@ -601,3 +601,36 @@ def test_stage_command_resigns_a_bundle_for_a_cohort(tmp_path: Path) -> None:
         ]
     )
     assert bad == 1
+
+
+def test_service_shell_follows_instructions_in_order(tmp_path: Path) -> None:
+    from models.instructions import ServeInstruction
+
+    repo = Path(__file__).resolve().parents[2]
+    key = load_private_key(repo / "deploy/dev/keys/dev-signing-key.DEVELOPMENT-ONLY.pem")
+    service = _service(tmp_path)
+    entry = service.rollouts["payments"]
+
+    def instruct(version: int, at: float, model: str = "payments-fraud") -> None:
+        order = ServeInstruction(model=model, version=version, issued_at=at)
+        service._instruction("payments", sign_instruction(order, key))
+
+    service._consider("payments", _signed(2))
+    assert entry.rollout.phase is Phase.SHADOW
+    instruct(1, at=100.0)  # serve v1: the candidate v2 is retired
+    assert entry.rollout.last is not None
+    assert (entry.rollout.phase, entry.rollout.rolled_back) == (Phase.SERVING, {2})
+    assert "payments" not in service.pipeline.shadows
+    service._consider("payments", _signed(2))  # the retained v2 again: not tried again
+    assert entry.rollout.phase is Phase.SERVING
+    instruct(2, at=200.0)  # the centre may bring it back; it is in memory no more, nor stored
+    assert entry.last_transition is not None
+    assert entry.last_transition["kind"] == "instruction_failed"
+    instruct(1, at=150.0)
+    assert entry.last_transition["kind"] == "instruction_refused"
+    assert "older than the last instruction" in entry.last_transition["reason"]
+    instruct(1, at=300.0, model="sensors-skab")
+    assert "for model sensors-skab" in entry.last_transition["reason"]
+    refused = service.metrics.instructions_refused
+    assert refused.labels("stale")._value.get() == 1
+    assert refused.labels("other_model")._value.get() == 1
