@@ -66,6 +66,10 @@ demo: setup
 loop: setup
 	$(PY) deploy/dev/loop.py
 
+# Re-execute the data scientist's notebook in place (outputs kept) against a prepared stack.
+notebook: setup
+	$(PY) deploy/dev/loop.py notebook
+
 bench: setup
 	$(PY) tests/bench/agent_throughput.py --json
 	$(PY) tests/bench/bridge_throughput.py --json

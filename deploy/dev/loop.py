@@ -484,7 +484,31 @@ def execute_notebook(path: Path, config: Path, timeout_s: float = 900.0) -> None
             os.environ.pop("CENTRAL_TOML", None)
         else:
             os.environ["CENTRAL_TOML"] = previous
+    tidy_streams(notebook)
     nbformat.write(notebook, path)
+
+
+def tidy_streams(notebook: Any) -> None:
+    """Store stream outputs as a notebook shows them: one output per run of the same stream,
+    each carriage-returned line (a progress bar's updates) as its final state."""
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        merged: list[Any] = []
+        for output in cell.outputs:
+            last = merged[-1] if merged else None
+            if (output.output_type == "stream" and last is not None
+                    and last.output_type == "stream" and last.name == output.name):  # fmt: skip
+                last.text += output.text
+            else:
+                merged.append(output)
+        for output in merged:
+            if output.output_type == "stream":
+                output.text = "\n".join(
+                    next((part for part in reversed(line.split("\r")) if part), "")
+                    for line in output.text.split("\n")
+                )
+        cell.outputs = merged
 
 
 def stop_kept_services(work: Path, stack_module: Any) -> None:
