@@ -24,6 +24,7 @@ from models.bundle import (
     read_unverified,
     sign_bundle,
 )
+from models.skab import add_unseen_command
 from plumbing.errors import EdgewatchError
 
 REPO_BUNDLES = Path(__file__).resolve().parent / "bundles"
@@ -332,6 +333,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.set_defaults(run=cmd_publish)
     fleet.add_parsers(sub)  # fleet, serve-version
     signing.add_commands(sub)
+    add_unseen_command(sub)  # skab-unseen
     return parser
 
 

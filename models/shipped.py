@@ -8,20 +8,18 @@ The signing key is a development key: its public half is committed, marked as su
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from models import recipes
+from models import recipes, skab
 from models.bundle import generate_keypair, key_id, load_private_key, load_public_key, sign_bundle
 from models.datasets import SKAB_FEATURES, read_table, skab_files, write_rows
 from models.evaluation import evaluate, metrics_summary
-from models.features import sliding_windows
-from models.skab import TRAIN_ROWS, SkabOptions, fit_skab_spec
-from models.training import TrainConfig, TrainedModel, fit_model, unsigned_bundle
+from models.scoring import Scorer
+from models.training import TrainConfig, TrainedModel, unsigned_bundle
 
 log = logging.getLogger(__name__)
 
@@ -71,54 +69,47 @@ def build_payments(datasets: Path, out_dir: Path) -> tuple[TrainedModel, dict[st
 
 
 def build_sensors(datasets: Path) -> tuple[TrainedModel, dict[str, object]]:
-    """One windowed model for the 8 SKAB channels, from normal data only.
+    """One windowed model for the 8 SKAB channels of any machine, with per-device baselines.
 
-    Training: anomaly-free.csv plus the first 400 rows of each test file (the rows the
-    SKAB protocol marks as training data); evaluation: the remaining rows of the 30 files.
+    Training: anomaly-free.csv and the first 400 rows of 20 of the 30 SKAB files, each
+    scaled by its own first 400 rows (as the agent scales each device); evaluation: the
+    other 10 files, each a device the model never saw (``edgewatch-models skab-unseen``).
+    Architecture and threshold rule: leave-files-out within the 20 (``--select``).
     """
-    options = SkabOptions()
-    window = options.window
-    tables = [read_table(p) for p in skab_files(datasets / "skab")]
-    free = read_table(datasets / "skab" / "anomaly-free" / "anomaly-free.csv")
-    normal_parts = [free.matrix(SKAB_FEATURES)] + [
-        t.matrix(SKAB_FEATURES)[:TRAIN_ROWS] for t in tables
-    ]
-    spec = fit_skab_spec(np.concatenate(normal_parts), options)
-    train, calibration = [], []
-    for part in normal_parts:
-        windows = sliding_windows(spec.transform(part)[0], window)
-        cut = int(len(windows) * 0.75)
-        train.append(windows[:cut])
-        calibration.append(windows[cut:])
-    trained = fit_model(
-        spec,
-        np.concatenate(train),
-        np.concatenate(calibration),
-        name="sensors-skab",
-        version=1,
-        stream="sensors",
-        # Fifty times the rows of one SKAB file: bigger batches, fewer epochs.
-        config=replace(options.config, batch_size=128, epochs=60, patience=8),
-        training_info={"source": "SKAB anomaly-free + first 400 rows of valve1/, other/"},
+    root = datasets / "skab"
+    train_paths, held_out = skab.unseen_split(skab_files(root))
+    free = read_table(root / "anomaly-free" / "anomaly-free.csv").matrix(SKAB_FEATURES)
+    trained = skab.train_unseen_model(
+        free,
+        [read_table(p) for p in train_paths],
+        skab.UNSEEN_CANDIDATES[skab.UNSEEN_CHOICE],
         created_at=CREATED_AT,
+        info={
+            "source": "SKAB anomaly-free.csv + first 400 rows of 20 files, each scaled by "
+            "its own first 400 rows",
+            "training_files": [skab.file_key(p) for p in train_paths],
+            "held_out_files": [skab.file_key(p) for p in held_out],
+            "selection": "leave-files-out within the training files "
+            "(edgewatch-models skab-unseen --select)",
+        },
     )
-    from models.metrics import detection_report
-    from models.scoring import Scorer
-
-    scorer = Scorer(unsigned_bundle(trained.manifest, trained.int8_model))
-    float_scorer = Scorer(trained.float_bundle())
-    scores, float_scores, labels = [], [], []
-    for table in tables:
-        windows = sliding_windows(spec.transform(table.matrix(SKAB_FEATURES))[0], window)
-        scores.append(scorer.score(windows[TRAIN_ROWS:]).scores)
-        float_scores.append(float_scorer.score(windows[TRAIN_ROWS:]).scores)
-        labels.append(table.labels("anomaly")[TRAIN_ROWS:])  # type: ignore[index]
-    threshold = trained.manifest.score.threshold
-    report = detection_report(np.concatenate(labels), np.concatenate(scores), threshold)
-    report["float"] = detection_report(
-        np.concatenate(labels), np.concatenate(float_scores), threshold
+    baseline = trained.manifest.baseline
+    assert baseline is not None
+    tables = [read_table(p) for p in held_out]
+    int8_scorer = Scorer(unsigned_bundle(trained.manifest, trained.int8_model))
+    report = skab.unseen_figures(skab.score_unseen(int8_scorer, baseline, tables))
+    float_report = skab.unseen_figures(
+        skab.score_unseen(Scorer(trained.float_bundle()), baseline, tables)
     )
-    return trained, metrics_summary(report)
+    metrics: dict[str, object] = {
+        "held_out_files": len(tables),
+        "events": report["events"],
+        "anomalies": report["anomalies"],
+        **{k: round(report[k], 4) for k in ("precision", "recall", "f1", "far", "mar")},
+        "confusion": report["confusion"],
+        "float_f1": round(float_report["f1"], 4),
+    }
+    return trained, metrics
 
 
 def build_shipped_bundles(datasets: Path, key_path: Path, out_dir: Path) -> list[Path]:
