@@ -1,4 +1,4 @@
-"""The fleet's model rollout, centrally: ``edgewatch-models fleet`` and ``serve-version``.
+"""The fleet's model rollout, centrally: ``edgewatch-models fleet``, ``stage``, ``serve-version``.
 
 ``fleet`` reads ``{prefix}.status`` (the boxes' retained statuses, forwarded by their
 bridges; compacted, key ``{node}/{service}``) and ``{prefix}.rollouts`` (every rollout
