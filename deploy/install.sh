@@ -119,35 +119,57 @@ python3 -m venv "$PREFIX/venv"
 pip=("$PREFIX/venv/bin/pip" --disable-pip-version-check -q)
 wheels="$(mktemp -d)"
 trap 'rm -rf "$wheels"' EXIT
-# Build once (the source tree may be read-only), then install it with the edge extra; the
-# second step replaces edgewatch's own files on an upgrade from a tree of the same version.
-"${pip[@]}" wheel "${PIP_ARGS[@]}" --no-deps --wheel-dir "$wheels" "$REPO"
+# Build edgewatch's wheel with the venv's own setuptools (no throwaway build environment).
+"${pip[@]}" install "${PIP_ARGS[@]}" "setuptools>=68" wheel
+"${pip[@]}" wheel "${PIP_ARGS[@]}" --no-deps --no-build-isolation --wheel-dir "$wheels" "$REPO"
 wheel="$(echo "$wheels"/edgewatch-*.whl)"
-"${pip[@]}" install "${PIP_ARGS[@]}" "$wheel[edge]"
-"${pip[@]}" install "${PIP_ARGS[@]}" --no-deps --force-reinstall "$wheel"
+# The wheel's content digest (zip timestamps aside): an unchanged tree is not installed again.
+digest="$("$PREFIX/venv/bin/python" - "$wheel" <<'PY'
+import hashlib, sys, zipfile
+digest = hashlib.sha256()
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    for name in sorted(wheel.namelist()):
+        if not name.endswith(".dist-info/RECORD"):
+            digest.update(name.encode() + b"\0" + wheel.read(name))
+print(digest.hexdigest())
+PY
+)"
+if [ "$(cat "$PREFIX/.installed-wheel" 2>/dev/null)" != "$digest" ]; then
+  "${pip[@]}" install "${PIP_ARGS[@]}" "$wheel[edge]"
+  # An upgrade from a tree of the same version number: replace edgewatch's own files.
+  "${pip[@]}" install "${PIP_ARGS[@]}" --no-deps --force-reinstall "$wheel"
+  echo "$digest" > "$PREFIX/.installed-wheel"
+fi
 
 install -d -m 0755 "$PREFIX/bundles" "$ETC" "$ETC/trusted-keys"
 install -d -m 0700 "$ETC/credentials"
 install -m 0644 "$REPO/README.md" "$PREFIX/README.md"
-install -m 0644 "$BUNDLES"/*.ewb "$PREFIX/bundles/"
 for service in "${SERVICES[@]}"; do
   [ -f "$ETC/$service.toml" ] || \
     install -m 0640 -g edgewatch "$REPO/deploy/config/$service.toml" "$ETC/$service.toml"
 done
 
-# -- trusted keys: the given set, else what is installed, else the development key ---------
-if [ ${#TRUSTED_KEYS[@]} -gt 0 ]; then
-  find "$ETC/trusted-keys" -maxdepth 1 -type f \( -name '*.pem' -o -name '*.pub' \) -delete
-elif ! compgen -G "$ETC/trusted-keys/*.p[eu][mb]" >/dev/null; then
-  echo "WARNING: no --trusted-key given; trusting the DEVELOPMENT key (not for production)" >&2
-  TRUSTED_KEYS=("$REPO/models/bundles/dev-signing-key.DEVELOPMENT-ONLY.pub.pem")
+# -- trusted keys and bundles: checked together before either replaces what is installed ---
+staged="$wheels/trusted-keys"
+mkdir "$staged"
+if [ ${#TRUSTED_KEYS[@]} -eq 0 ]; then
+  if compgen -G "$ETC/trusted-keys/*.p[eu][mb]" >/dev/null; then
+    cp "$ETC"/trusted-keys/*.p[eu][mb] "$staged/"
+  else
+    echo "WARNING: no --trusted-key given; trusting the DEVELOPMENT key (not for production)" >&2
+    TRUSTED_KEYS=("$REPO/models/bundles/dev-signing-key.DEVELOPMENT-ONLY.pub.pem")
+  fi
 fi
 for key in "${TRUSTED_KEYS[@]}"; do
   name="$(basename "$key")"
-  install -m 0644 "$key" "$ETC/trusted-keys/${name%.pem}.pem"
+  [ ! -e "$staged/${name%.pem}.pem" ] || die "two trusted keys named $name: rename one"
+  install -m 0644 "$key" "$staged/${name%.pem}.pem"
 done
-"$PREFIX/venv/bin/python" -m models.signing check --trusted-keys "$ETC/trusted-keys" \
-  "$PREFIX"/bundles/*.ewb || die "a bundle is not signed by a trusted key (see above)"
+"$PREFIX/venv/bin/python" -m models.signing check --trusted-keys "$staged" "$BUNDLES"/*.ewb ||
+  die "a bundle in $BUNDLES is not signed by a trusted key; trusted keys and bundles unchanged"
+find "$ETC/trusted-keys" -maxdepth 1 -type f \( -name '*.pem' -o -name '*.pub' \) -delete
+install -m 0644 "$staged"/* "$ETC/trusted-keys/"
+install -m 0644 "$BUNDLES"/*.ewb "$PREFIX/bundles/"
 
 # -- Mosquitto -----------------------------------------------------------------------------
 if [ "$WITH_MOSQUITTO" -eq 1 ]; then

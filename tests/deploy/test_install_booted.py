@@ -46,8 +46,9 @@ SECURITY_MAX = 2.5
 SAMPLE = REPO / "models" / "samples" / "payments-holdout.csv"
 SRC = "/root/edgewatch"
 PROD = "/root/production"
+PROD_2 = "/root/production-2"  # the key the rotation moves to
+KEY_NAME = {PROD: "production", PROD_2: "production-2"}
 INSTALL = ["nice", "-n", "10", "bash", f"{SRC}/deploy/install.sh", "--with-mosquitto",
-           "--trusted-key", f"{PROD}/production.pub.pem", "--bundles", f"{PROD}/bundles",
            "--ca-bundle", nspawn.CONTAINER_CA]  # fmt: skip
 SECRETS = ["agent-mqtt-password", "bridge-mqtt-password", "bridge-kafka-password"]
 
@@ -60,11 +61,16 @@ class Box:
     timings: dict[str, float] = field(default_factory=dict)
     device_password: str = ""
 
-    def install(self, label: str) -> subprocess.CompletedProcess[str]:
+    def install(
+        self, label: str, keys: tuple[str, ...] = (PROD,), bundles: str = PROD
+    ) -> subprocess.CompletedProcess[str]:
+        """install.sh trusting the public key of each of ``keys``, with ``bundles``' bundles."""
         env = {k: v for k, v in os.environ.items()
                if k.startswith("PIP_") and k not in ("PIP_CERT", "PIP_FIND_LINKS")}  # fmt: skip
+        trust = [a for key in keys for a in ("--trusted-key", f"{key}/{KEY_NAME[key]}.pub.pem")]
+        command = [*INSTALL, *trust, "--bundles", f"{bundles}/bundles"]
         started = time.monotonic()
-        done = self.container.run(INSTALL, check=False, env=env, timeout_s=900)
+        done = self.container.run(command, check=False, env=env, timeout_s=900)
         self.timings[label] = round(time.monotonic() - started, 1)
         return done
 
@@ -108,14 +114,14 @@ def _bridge_config(bootstrap: str) -> str:
     return shipped.replace(kafka.group(0), f'[kafka]\nbootstrap_servers = "{bootstrap}"\n\n')
 
 
-def _production_bundles(directory: Path) -> None:
+def _production_bundles(directory: Path, name: str) -> None:
     """What the centre does once: a production key, and the shipped bundles re-signed with it."""
     from models.cli import main as models_main
 
-    assert models_main(["keygen", "--out-dir", str(directory), "--name", "production"]) == 0
+    assert models_main(["keygen", "--out-dir", str(directory), "--name", name]) == 0
     shipped = sorted((REPO / "models" / "bundles").glob("*.ewb"))
     dev_key = REPO / "models" / "bundles" / "dev-signing-key.DEVELOPMENT-ONLY.pub.pem"
-    key = directory / "production.key.pem"
+    key = directory / f"{name}.key.pem"
     sign = ["sign", *map(str, shipped), "--key", str(key), "--trusted-keys", str(dev_key)]
     assert models_main([*sign, "--out-dir", str(directory / "bundles")]) == 0
     key.unlink()  # the private key never reaches a box
@@ -149,7 +155,8 @@ def box(stack: object, kafka_bootstrap: str) -> Iterator[Box]:
     instance.timings["boot"] = round(time.monotonic() - started, 1)
     try:
         _copy_repository(container)
-        _production_bundles(container.path(PROD))
+        for directory, name in KEY_NAME.items():
+            _production_bundles(container.path(directory), name)
         yield instance
     finally:
         print(f"\ndeploy timings (s): {json.dumps(instance.timings)}", file=sys.stderr)
@@ -314,10 +321,48 @@ def test_a_hung_agent_is_killed_by_the_watchdog_and_restarted(box: Box) -> None:
         box.sh(f"rm -rf {dropin} && systemctl daemon-reload && systemctl restart edgewatch-agent")
 
 
-# -- 4. upgrade -----------------------------------------------------------------------------
+# -- 4. key rotation and revocation through install.sh ----------------------------------------
+def _trusted(box: Box) -> list[str]:
+    return [box.sh(f"sha256sum < /etc/edgewatch/trusted-keys/{name}").split()[0]
+            for name in box.sh("ls /etc/edgewatch/trusted-keys").split()]  # fmt: skip
+
+
+def _key_digest(box: Box, directory: str) -> str:
+    return box.sh(f"sha256sum < {directory}/{KEY_NAME[directory]}.pub.pem").split()[0]
+
+
+def test_rotation_trusts_both_keys_and_serves_bundles_of_the_new_one(box: Box) -> None:
+    done = box.install("install_rotation", keys=(PROD, PROD_2), bundles=PROD_2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(_trusted(box)) == sorted([_key_digest(box, PROD), _key_digest(box, PROD_2)])
+    old_and_new = [f"{PROD}/bundles/payments-fraud.ewb", f"{PROD_2}/bundles/payments-fraud.ewb"]
+    check = "/opt/edgewatch/venv/bin/python -m models.signing check --trusted-keys"
+    assert box.sh(f"{check} /etc/edgewatch/trusted-keys {' '.join(old_and_new)}; echo $?") == "0"
+    assert box.show("edgewatch-agent.service", "ActiveState") == "active"
+
+
+def test_revocation_refuses_bundles_signed_only_by_the_old_key(box: Box) -> None:
+    agent_pid = box.main_pid("agent")
+    refused = box.install("install_revoke_refused", keys=(PROD_2,), bundles=PROD)
+    assert refused.returncode == 1
+    assert "not trusted" in refused.stderr
+    assert len(_trusted(box)) == 2  # a refused install changes neither keys nor bundles
+    assert box.main_pid("agent") == agent_pid
+    done = box.install("install_revoke", keys=(PROD_2,), bundles=PROD_2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _trusted(box) == [_key_digest(box, PROD_2)]
+    check = "/opt/edgewatch/venv/bin/python -m models.signing check --trusted-keys"
+    old = box.container.run(["bash", "-c", f"{check} /etc/edgewatch/trusted-keys "
+                             f"{PROD}/bundles/payments-fraud.ewb"], check=False)  # fmt: skip
+    assert old.returncode == 1
+    assert "not trusted" in old.stderr
+    assert box.show("edgewatch-agent.service", "ActiveState") == "active"
+
+
+# -- 5. upgrade -----------------------------------------------------------------------------
 def test_install_again_upgrades_keeping_config_credentials_logins_and_spool(box: Box) -> None:
     kept = ["/etc/edgewatch/agent.toml", "/etc/edgewatch/bridge.toml",
-            "/etc/edgewatch/trusted-keys/production.pub.pem", "/etc/mosquitto/edgewatch.passwd",
+            "/etc/edgewatch/trusted-keys/production-2.pub.pem", "/etc/mosquitto/edgewatch.passwd",
             *(f"/etc/edgewatch/credentials/{name}" for name in SECRETS)]  # fmt: skip
     before = box.digest(kept)
     stack = box.stack
@@ -335,8 +380,12 @@ def test_install_again_upgrades_keeping_config_credentials_logins_and_spool(box:
         wait_for(lambda: _raw_rows(box.sh(spool_rows)) >= len(wanted), 60,
                  "events held in the spool while Kafka is down")  # fmt: skip
         bridge_pid = box.main_pid("bridge")
-        done = box.install("install_4_upgrade")
+        marker = f"# upgraded {run}"
+        box.sh(f"echo '{marker}' >> {SRC}/bridge/__init__.py")  # a new release of the code
+        done = box.install("install_upgrade", keys=(PROD_2,), bundles=PROD_2)
         assert done.returncode == 0, done.stdout + done.stderr
+        installed = "/opt/edgewatch/venv/lib/python3.11/site-packages/bridge/__init__.py"
+        assert marker in box.sh(f"cat {installed}")
         assert box.main_pid("bridge") != bridge_pid  # the upgraded code runs
         assert box.digest(kept) == before
         assert _raw_rows(box.sh(spool_rows)) >= len(wanted)
