@@ -10,12 +10,14 @@
 --   * Only labelled events leave: an inner join of the two deduplicated, append-only streams,
 --     so the output is append-only too and fits a plain Kafka topic.
 --   * Late labels: a label arrives minutes to days after its event. Join and dedupe state is
---     kept for ${state_ttl} (table.exec.state.ttl) after it was last touched; a label later
+--     kept for ${state_ttl} (table.exec.state.ttl) after it was written; a label later
 --     than that finds no event and is dropped, a duplicate later than that passes again.
---     State grows with the event rate × TTL (~1 KB per event in RocksDB/heap terms).
---   * Personal fields: `holder` is read (so a test can prove it is dropped) and never
---     selected; `card_number` leaves only as `card_last4` (the last four of its digits, and
---     only for numbers of at least 12 digits, otherwise NULL).
+--     State grows with the event rate × TTL: ~0.45 KB per event in a checkpoint (measured:
+--     13 MB for 30,000 payments with their labels).
+--   * Personal fields: `holder` is not a column of the source table (the JSON format skips
+--     it while parsing, so it never exists inside the job); `card_number` leaves only as
+--     `card_last4` (the last four of its digits, and only for numbers of at least 12
+--     digits, otherwise NULL).
 --   * Malformed records: JSON that does not parse is skipped ('json.ignore-parse-errors'),
 --     and so is a record without event_id, Amount or any V1..V28. The agent dead-letters the
 --     same payload at the edge (reason on edge.deadletter, counted by the monitor job).
@@ -37,7 +39,6 @@ CREATE TEMPORARY TABLE raw_payments (
     event_id STRING,
     ts DOUBLE,
     card_number STRING,
-    holder STRING,
     V1 DOUBLE, V2 DOUBLE, V3 DOUBLE, V4 DOUBLE, V5 DOUBLE, V6 DOUBLE, V7 DOUBLE,
     V8 DOUBLE, V9 DOUBLE, V10 DOUBLE, V11 DOUBLE, V12 DOUBLE, V13 DOUBLE, V14 DOUBLE,
     V15 DOUBLE, V16 DOUBLE, V17 DOUBLE, V18 DOUBLE, V19 DOUBLE, V20 DOUBLE, V21 DOUBLE,

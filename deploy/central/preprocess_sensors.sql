@@ -6,7 +6,7 @@
 --   * Dedupe by event_id, keep-first (append-only deduplication on a processing-time
 --     attribute): the bridge's redeliveries produce no second row. Sensor rows carry no
 --     labels, so every first occurrence goes out, about one checkpoint interval later.
---   * State: one entry per event_id, kept ${state_ttl} after it was last touched
+--   * State: one entry per event_id, kept ${state_ttl} after it was written
 --     (table.exec.state.ttl); a duplicate arriving later than that passes again.
 --   * Rows that do not parse ('json.ignore-parse-errors') or lack event_id or any of the
 --     eight channels the model reads are skipped; the agent dead-letters them at the edge.

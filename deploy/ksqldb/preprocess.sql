@@ -25,14 +25,13 @@
 SET 'auto.offset.reset' = 'earliest';
 
 -- Raw payments: payload bytes as the bridge forwards them; device = Kafka key, node and the
--- authoritative event id in headers. holder is declared only to say it is never selected.
+-- authoritative event id in headers. holder is not a column: it is never read.
 CREATE STREAM IF NOT EXISTS payments_raw (
     device VARCHAR KEY,
     header_event_id BYTES HEADER('event_id'),
     event_id VARCHAR,
     ts DOUBLE,
     card_number VARCHAR,
-    holder VARCHAR,
     V1 DOUBLE, V2 DOUBLE, V3 DOUBLE, V4 DOUBLE, V5 DOUBLE, V6 DOUBLE, V7 DOUBLE,
     V8 DOUBLE, V9 DOUBLE, V10 DOUBLE, V11 DOUBLE, V12 DOUBLE, V13 DOUBLE, V14 DOUBLE,
     V15 DOUBLE, V16 DOUBLE, V17 DOUBLE, V18 DOUBLE, V19 DOUBLE, V20 DOUBLE, V21 DOUBLE,
