@@ -125,14 +125,19 @@ def replay(port: int, messages: list[tuple[str, DeviceMessage]], source: str, ra
     publisher = MqttConnection(settings, f"demo-replay-{time.time_ns()}")
     publisher.start()
     next_report = time.perf_counter()
+    sent = []
     for i, (stream, message) in enumerate(paced(messages, rate)):
         document = json.loads(message.payload)
         document["ts"] = time.time()
-        publisher.client.publish(f"edge/{message.device}/raw/{stream}", json.dumps(document), qos=1)
+        sent.append(publisher.client.publish(f"edge/{message.device}/raw/{stream}",
+                                             json.dumps(document), qos=1))  # fmt: skip
         if time.perf_counter() >= next_report:
             next_report += 1.0
             print(f"\r  published {i + 1:>6}  scored {board.scored:>6}  alerts {board.alerts:>4}"
                   f"  dead-letters {board.deadletters:>3}", end="", flush=True)  # fmt: skip
+    deadline = time.monotonic() + 60  # a loaded box may lag: stop only once all were acked
+    for info in sent:
+        info.wait_for_publish(max(0.0, deadline - time.monotonic()))
     publisher.stop()
 
 
