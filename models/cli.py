@@ -219,6 +219,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             start=parse_time(args.start) if args.start else None,
             end=parse_time(args.end) if args.end else None,
             dry_run=args.dry_run,
+            publish=not args.no_publish,
             champion_path=args.champion,
             report_dir=args.report_dir,
             progress=not args.quiet,
@@ -231,9 +232,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         failed = ", ".join(rule.name for rule in result.verdict.failures)
         print(f"refused by the gate ({failed}): nothing published; report in {result.report_dir}")
         return 2
-    if result.published is None:
+    if result.signed is None:
         print(f"passed the gate (dry run: nothing signed or published); report in "
               f"{result.report_dir}")  # fmt: skip
+    elif result.published is None:
+        print(f"passed the gate; signed {result.signed} (version {result.version}), "
+              "not published")  # fmt: skip
     else:
         print(f"published {result.document['model']} version {result.version} to "
               f"{config.retrain.models_topic}; report in {result.report_dir}")  # fmt: skip
@@ -249,6 +253,9 @@ def _add_retrain_parser(sub: Any) -> None:
     retrain.add_argument("--from", dest="start", help="oldest event time (ISO 8601 or epoch s)")
     retrain.add_argument("--to", dest="end", help="event time to stop before (exclusive)")
     retrain.add_argument("--dry-run", action="store_true", help="train and gate; never publish")
+    retrain.add_argument("--no-publish", action="store_true",
+                         help="sign a passing challenger into the report directory, publish "
+                         "nothing (review or stage it first)")  # fmt: skip
     retrain.add_argument("--data", type=Path, help="CSV or Parquet rows instead of the topic")
     retrain.add_argument("--champion", type=Path, help="champion bundle instead of edge.models")
     retrain.add_argument("--report-dir", type=Path, help="report directory (default: new one)")

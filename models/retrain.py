@@ -19,8 +19,9 @@ on its own from Python or a notebook:
    (:mod:`models.gate`) decides.
 5. Always a report directory (:mod:`models.report`). Only when the gate passes and this is
    not a dry run: sign with the production key, version = champion's + 1, verify with the
-   trusted keys (what the boxes will do), publish to ``edge.models``. Nothing is signed or
-   produced otherwise.
+   trusted keys (what the boxes will do), publish to ``edge.models`` (or, with
+   ``publish=False``, keep the signed bundle in the report directory for review or staging).
+   Nothing is signed or produced otherwise.
 """
 
 from __future__ import annotations
@@ -414,9 +415,15 @@ def signing_key(config: RetrainConfig) -> Ed25519PrivateKey:
 
 
 def sign_and_publish(
-    config: RetrainConfig, challenger: Challenger, evaluation: Evaluation, directory: Path
+    config: RetrainConfig,
+    challenger: Challenger,
+    evaluation: Evaluation,
+    directory: Path,
+    *,
+    publish: bool = True,
 ) -> Path:
-    """Sign the challenger (its metrics in the manifest), check it as a box would, publish."""
+    """Sign the challenger (its metrics in the manifest) into ``directory``; publish it
+    (checked as a box would check it first) unless ``publish`` is False."""
     from models.publish import publish_bundle
 
     report = detection_report(
@@ -427,7 +434,10 @@ def sign_and_publish(
     path = directory / f"{manifest.name}-v{manifest.version}.ewb"
     path.write_bytes(data)
     trusted = load_trusted_keys(config.retrain.trusted_keys)
-    publish_bundle(path, config.kafka.bootstrap_servers, config.retrain.models_topic, trusted)
+    if publish:
+        publish_bundle(path, config.kafka.bootstrap_servers, config.retrain.models_topic, trusted)
+    else:
+        load_bundle(path, trusted)  # what publish_bundle checks: the boxes would accept it
     return path
 
 
@@ -439,6 +449,7 @@ class RetrainResult:
     version: int
     published: Path | None
     document: dict[str, Any] = field(default_factory=dict)
+    signed: Path | None = None  # the signed bundle (published, or kept with --no-publish)
 
     @property
     def passed(self) -> bool:
@@ -474,6 +485,7 @@ def run_retrain(
     start: float | None = None,
     end: float | None = None,
     dry_run: bool = False,
+    publish: bool = True,
     champion_path: Path | None = None,
     report_dir: Path | None = None,
     progress: bool = True,
@@ -502,11 +514,12 @@ def run_retrain(
     with _stage("evaluate", timings, progress):
         evaluation = evaluate_pair(config, rows, challenger, champion)
     verdict = evaluation.verdict
-    published: Path | None = None
+    signed: Path | None = None
     if verdict.passed and not dry_run:
         directory.mkdir(parents=True, exist_ok=True)
-        with _stage("sign and publish", timings, progress):
-            published = sign_and_publish(config, challenger, evaluation, directory)
+        with _stage("sign and publish" if publish else "sign", timings, progress):
+            signed = sign_and_publish(config, challenger, evaluation, directory, publish=publish)
+    published = signed if publish else None
     with _stage("report", timings, progress):
         scored = evaluation.scored_models(challenger, champion)
         plots = write_plots(directory, evaluation.labels, scored)
@@ -534,6 +547,7 @@ def run_retrain(
             },
             "gate": verdict.to_dict() | {"rules_config": config.retrain.gate.model_dump()},
             "dry_run": dry_run,
+            "signed": None if signed is None else str(signed),
             "published": None if published is None else {
                 "topic": config.retrain.models_topic,
                 "version": version,
@@ -543,4 +557,4 @@ def run_retrain(
             "timings_s": timings,
         }  # fmt: skip
         write_json(directory, document)
-    return RetrainResult(directory, verdict, version, published, document)
+    return RetrainResult(directory, verdict, version, published, document, signed)
