@@ -252,6 +252,7 @@ class BaselineStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.requests = directory / REQUESTS
+        self._undeletable: set[str] = set()  # requests applied once that could not be removed
 
     def path(self, stream: str) -> Path:
         return self.directory / f"{stream}.json"
@@ -289,12 +290,19 @@ class BaselineStore:
             return []
         out = []
         for path in paths:
+            if path.name in self._undeletable:
+                continue
             try:
                 request = json.loads(path.read_bytes())
                 out.append((str(request["device"]), request.get("stream")))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("ignoring unreadable baseline request %s: %r", path, exc)
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # e.g. written by another user: applied once, not again
+                self._undeletable.add(path.name)
+                log.error("cannot remove baseline request %s (%s); write requests as the "
+                          "service's user", path, exc)  # fmt: skip
         return out
 
 
