@@ -153,6 +153,7 @@ class Forwarder:
         self._delivered_window = (time.monotonic(), 0)
         self.delivered = 0
         self._forwarded: Counter[str] = Counter()
+        self._rescue_at = 0.0  # when to retry spooling direct records that did not fit
         self._step_latency = 0.0  # slowest delivery (handed → acked) in this step
         self._latency = 0.0  # that of the last step with deliveries
 
@@ -220,8 +221,9 @@ class Forwarder:
         """Place new ``records`` (DIRECT or SPOOL), send spool rows, serve callbacks, ack."""
         now = time.monotonic()
         self._choose_path(now)
-        if self._direct and self.path is Path.SPOOL:
-            self._rescue()  # what did not fit at the switch
+        retry = self._direct and self.path is Path.SPOOL and now >= self._rescue_at
+        if retry and not self._rescue():  # what did not fit at the switch: again later
+            self._rescue_at = now + FULL_RETRY_S
         if records:
             self._waiting.extend(records)
         placed = self._place(now) if self._waiting else 0

@@ -12,8 +12,8 @@ so the service is not slowed by polling.
 The compiled baseline is ``tests/bench/compiled_forwarder`` (Go: paho.mqtt.golang and
 franz-go; acks MQTT after Kafka's acks=all, up to 1,000 in flight, no spool), built here
 once into ``.cache/compiled_forwarder`` and measured on the same backlog the same way.
-Bare subscribers, bridge and compiled forwarder alternate for ``--rounds`` rounds; their
-figures are medians.
+Bare subscribers, bridge and compiled forwarder (and with ``--spool-only`` the bridge with
+its direct path off) alternate for ``--rounds`` rounds; their figures are medians.
 Replay: a spool holding ``--spooled`` rows is sent to Kafka by a bridge started on it;
 its peak RSS is measured meanwhile.
 """
@@ -62,10 +62,12 @@ def raw_items(prefix: str, count: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def bridge_toml(directory: Path, port: int, bootstrap: str, prefix: str, metrics: int) -> Path:
+def bridge_toml(directory: Path, port: int, bootstrap: str, prefix: str, metrics: int,
+                *, direct: bool = True) -> Path:  # fmt: skip
     path = directory / f"{prefix}.toml"
     path.write_text(
         f'node_id = "{prefix}"\nmetrics_port = {metrics}\n'
+        f"[direct]\nenabled = {str(direct).lower()}\n"
         f'[mqtt]\nport = {port}\ntopic_prefix = "{prefix}"\nclient_id = "{prefix}"\n'
         f'[kafka]\nbootstrap_servers = "{bootstrap}"\n'
         f'[spool]\npath = "{directory / (prefix + ".db")}"\nmax_bytes = 4294967296\n'
@@ -289,6 +291,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--naive-count", type=int, default=2_000)
     parser.add_argument("--spooled", type=int, default=1_000_000)
+    parser.add_argument(
+        "--spool-only",
+        action="store_true",
+        help="also measure the bridge with its direct path off, each round",
+    )
     parser.add_argument("--serve-naive", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_naive:
@@ -304,6 +311,7 @@ def main() -> int:
         state = stack.state  # type: ignore[attr-defined]
         port, bootstrap = state.mqtt_port, state.kafka_bootstrap
         raw_rates, buffered_rates, bridge_rates, compiled_rates = [], [], [], []
+        spool_only_rates: list[float] = []
         bridge_rss, compiled_rss = [], []
         for round_ in range(args.rounds):  # alternating, so drift hits all alike
             raw_rates.append(bare_subscriber(stack, args.count, paho.Client))
@@ -316,6 +324,13 @@ def main() -> int:
             rate, rss_ = compiled_forwarder(stack, binary, args.count, workdir, f"compiled{round_}")
             compiled_rates.append(rate)
             compiled_rss.append(rss_)
+            if args.spool_only:  # the bridge with its direct path off: every message spooled
+                prefix, metrics = f"benchspooled{round_}", free_port()
+                config = bridge_toml(workdir, port, bootstrap, prefix, metrics, direct=False)
+                run_bridge_until(config, metrics, workdir, prefix, args.count,
+                                 preload=(port, raw_items(prefix, args.count)))  # fmt: skip
+                spool_only_rates.append(rate_in_kafka(bootstrap, f"{prefix}.raw", args.count,
+                                                      "spool-only bridge"))  # fmt: skip
         raw_rate, bridge_rate = statistics.median(raw_rates), statistics.median(bridge_rates)
         buffered_rate = statistics.median(buffered_rates)
         compiled_rate = statistics.median(compiled_rates)
@@ -349,7 +364,17 @@ def main() -> int:
             "raw_sub": [round(r) for r in raw_rates],
             "buffered_sub": [round(r) for r in buffered_rates],
             "compiled": [round(r) for r in compiled_rates],
+            "bridge_peak_rss_mb": [round(r, 1) for r in bridge_rss],
+            "compiled_peak_rss_mb": [round(r, 1) for r in compiled_rss],
         },
+        **(
+            {
+                "spool_only_msgs_per_s": round(statistics.median(spool_only_rates)),
+                "rounds_spool_only": [round(r) for r in spool_only_rates],
+            }
+            if spool_only_rates
+            else {}
+        ),
     }
     print(json.dumps(result, indent=2) if args.json else result)
     return 0
