@@ -439,6 +439,9 @@ class Loop:
             self.echo(f"  {number:>2}  {stage.name:<36} {stage.seconds:7.1f} s  {stage.detail}")
         total = sum(stage.seconds for stage in self.stages)
         self.echo(f"      {'total':<36} {total:7.1f} s")
+        if self.result is not None:
+            for rule in self.result.verdict.rules:
+                self.echo(f"      gate {'pass' if rule.passed else 'FAIL'}  {rule.detail}")
         if failed:
             self.echo(f"loop failed at {failed}")
             return
