@@ -1,12 +1,16 @@
-"""Retraining splits by time, never at random: no evaluation row is older than a training row."""
+"""Retraining's pure parts: the split is by time, never at random (no evaluation row is older
+than a training row); features are raw payload fields; the champion is the newest valid bundle."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.bundle import key_id
 from models.timesplit import SplitError, time_split
 
 
@@ -91,3 +95,36 @@ def test_train_only_columns_are_refused_as_features() -> None:
         StreamRetrainSettings(model="m", features=["log_amount"])
     ok = StreamRetrainSettings(model="m", features=["V1", "Amount"], log1p=["Amount"])
     assert ok.features == ["V1", "Amount"]
+
+
+def test_the_champion_is_the_highest_valid_version_of_its_name(tmp_path: Path) -> None:
+    from models.bundle import load_private_key, load_public_key, sign_bundle
+    from models.champion import newest_valid
+    from models.kafka_read import Record
+    from tests.helpers import make_keys, make_manifest
+
+    private, public = make_keys(tmp_path / "trusted")
+    rogue, _ = make_keys(tmp_path / "rogue")
+    trusted_key = load_public_key(public)
+    trusted = {key_id(trusted_key): trusted_key}
+
+    def record(offset: int, name: str, version: int, key: Path = private) -> Record:
+        manifest = make_manifest(b"model", name=name, version=version)
+        data = sign_bundle(manifest, b"model", load_private_key(key))
+        return Record(name.encode(), data, 0, 0, offset)
+
+    records = [
+        record(0, "payments-fraud", 1),
+        record(1, "payments-fraud", 3),
+        record(2, "payments-fraud", 2),  # an older version published later
+        record(3, "payments-fraud", 9, key=rogue),  # not signed by a trusted key
+        record(4, "sensors-skab", 7),  # another model
+        Record(b"payments-fraud", None, 0, 0, 5),  # a tombstone
+    ]
+    champion, problems = newest_valid(records, "payments-fraud", trusted, "edge.models")
+    assert champion is not None
+    assert champion.bundle.manifest.version == 3
+    assert champion.source == "edge.models@0:1"
+    assert len(problems) == 1
+    assert "edge.models@0:3" in problems[0]
+    assert newest_valid([], "payments-fraud", trusted, "edge.models") == (None, [])
