@@ -221,7 +221,10 @@ for service in "${SERVICES[@]}"; do
     fi
   done < <(sed -n 's/^LoadCredential=//p' "$unit")
   systemd-run --quiet --wait --pipe --collect "${properties[@]}" \
-    "$PREFIX/venv/bin/edgewatch-$service" validate-config "$ETC/$service.toml" || failed=1
+    "$PREFIX/venv/bin/edgewatch-$service" validate-config "$ETC/$service.toml" || {
+    echo "edgewatch-$service: the check failed (exit $?; systemd's reason: journalctl -n 20)" >&2
+    failed=1
+  }
 done
 [ "$failed" -eq 0 ] || die "fix the configuration above, then run install.sh again"
 

@@ -18,6 +18,7 @@ copy. Needs root, ``systemd-nspawn`` (systemd-container) and ``debootstrap``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -149,6 +150,11 @@ class Container:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+                # A killed nspawn leaves its container running: end the container's init,
+                # which takes every process of its PID namespace with it.
+                if self.init_pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.init_pid, signal.SIGKILL)
         self.init_pid = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 
