@@ -2,6 +2,8 @@
 """edgewatch closed loop on one box: from replayed payments to a retrained model in service.
 
     make loop          (or: .venv/bin/python deploy/dev/loop.py [--rate 2000] [--keep])
+    make notebook      (stages 1-7, then the notebook executed in place: ``loop.py notebook``)
+    .venv/bin/python deploy/dev/loop.py prepare   (stages 1-7, then open the notebook yourself)
 
 Stages, each timed on the scoreboard:
 
@@ -514,6 +516,25 @@ def tidy_streams(notebook: Any) -> None:
         cell.outputs = merged
 
 
+def serve_prepared(loop: Loop) -> int:
+    """Stages 1-7, then keep the stack (and the payments) going until SIGINT or SIGTERM."""
+    failed = loop.prepare()
+    if failed:
+        print(f"preparing the stack failed at {failed}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    config = loop.work / "central.toml"
+    notebook = NOTEBOOK.relative_to(REPO)
+    print(f"ready: {notebook} connects through {config} (its default); Ctrl-C stops it all",
+          flush=True)  # fmt: skip
+    while not stop.wait(1.0):
+        pass
+    print("stopping the box, the job and the stack …", flush=True)
+    return 0
+
+
 def stop_kept_services(work: Path, stack_module: Any) -> None:
     """Stop the agent and bridge a ``--keep`` run left behind."""
     pids = work / "pids.json"
@@ -556,8 +577,9 @@ def main() -> int:
         "command",
         nargs="?",
         default="run",
-        choices=["run", "notebook", "down"],
-        help="run: the loop; notebook: stages 1-7, then execute the notebook "
+        choices=["run", "prepare", "notebook", "down"],
+        help="run: the loop; prepare: stages 1-7, then payments keep coming until Ctrl-C "
+        "(open the notebook meanwhile); notebook: stages 1-7, then execute the notebook "
         f"({NOTEBOOK.relative_to(REPO)}) in place; down: stop what a --keep run left",
     )
     parser.add_argument("--rate", type=float, default=2000, help="payments per second")
@@ -585,6 +607,8 @@ def main() -> int:
             loop.run_notebook()
             print(f"wrote {NOTEBOOK.relative_to(REPO)} with its outputs")
             return 0
+        if args.command == "prepare":
+            return serve_prepared(loop)
         return loop.run()
     finally:
         if not args.keep:
