@@ -20,6 +20,7 @@ import signal
 import statistics
 import sys
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -96,8 +97,11 @@ def candidate(directory: Path) -> Path:
     """The shipped model as version 2, re-signed with the development key."""
     manifest, model, _ = read_unverified(BUNDLE.read_bytes())
     path = directory / "payments-fraud-v2.ewb"
-    path.write_bytes(sign_bundle(manifest.model_copy(update={"version": 2}), model,
-                                 load_private_key(DEV_PRIVATE)))  # fmt: skip
+    path.write_bytes(
+        sign_bundle(
+            manifest.model_copy(update={"version": 2}), model, load_private_key(DEV_PRIVATE)
+        )
+    )
     return path
 
 
@@ -125,9 +129,12 @@ def serve_naive(config: Path) -> None:
     pipeline.models["payments"] = StreamModel(bundle, 1000)
     inbox: queue.Queue[paho.MQTTMessage] = queue.Queue()
     connection = MqttConnection(
-        settings.mqtt, settings.mqtt_client_id, manual_ack=True, on_message=inbox.put,
+        settings.mqtt,
+        settings.mqtt_client_id,
+        manual_ack=True,
+        on_message=inbox.put,
         subscriptions=[(topics.event_filter("raw", "payments"), 1)],
-    )  # fmt: skip
+    )
     connection.start()
     online = b'{"service": "naive", "state": "online"}'
     connection.publish_and_wait(topics.status(settings.node_id, "agent"), online)
@@ -145,8 +152,11 @@ def measure(stack: object, variant: str, count: int, workdir: Path) -> tuple[flo
     shadow = variant == "shadow"
     rollout = f'[rollout]\nstate_dir = "{workdir / prefix}"\n{SHADOW_RULES}' if shadow else ""
     config = config_file(workdir, port, prefix, rollout=rollout)
-    args = (["-m", "agent.cli", "run", "--config", str(config)] if variant in ("agent", "shadow")
-            else [__file__, "--serve", variant, str(config)])  # fmt: skip
+    args = (
+        ["-m", "agent.cli", "run", "--config", str(config)]
+        if variant in ("agent", "shadow")
+        else [__file__, "--serve", variant, str(config)]
+    )
     # First start creates the persistent session; messages then queue for it while it is down.
     with Counter(port, f"{prefix}/+/status/+") as status:
         status.target = 1
@@ -184,8 +194,9 @@ def latency(
     count = int(rate * seconds)
     with Counter(port, f"{prefix}/+/status/+") as status:
         status.target = 1
-        proc = run_module(["-m", "agent.cli", "run", "--config", str(config)],
-                          workdir / "latency.log")  # fmt: skip
+        proc = run_module(
+            ["-m", "agent.cli", "run", "--config", str(config)], workdir / "latency.log"
+        )
         status.done.wait(60)
     with Counter(port, f"{prefix}/+/scored/+", keep_ts=True) as scored:
         scored.target = count
@@ -198,15 +209,63 @@ def latency(
     return percentile_ms(settled, 0.5), percentile_ms(settled, 0.99), rss
 
 
+def pipeline_cost(count: int, rounds: int) -> dict[str, object]:
+    """µs per message in ``Pipeline.process`` alone (batches of 64), without and with a
+    candidate in shadow, alternating; best and median of ``rounds``; scored event size."""
+    import tempfile
+
+    trusted = load_trusted_keys(KEY)
+    serving = load_bundle(BUNDLE, trusted)
+    shadow = load_bundle(candidate(Path(tempfile.mkdtemp(prefix="edgewatch-cost-"))), trusted)
+    topics = Topics()
+    base = messages_from_file(SAMPLE, devices=16)
+    batch = [Inbound(topics.event(m.device, "raw", "payments"), m.payload) for m in base]
+    messages = (batch * (count // len(batch) + 1))[:count]
+    times: dict[bool, list[float]] = {False: [], True: []}
+    sizes: dict[bool, float] = {}
+    for _ in range(rounds):
+        for with_shadow in (False, True):
+            pipeline = Pipeline(topics, Limits())
+            pipeline.models["payments"] = StreamModel(serving, 1000)
+            if with_shadow:
+                pipeline.shadows["payments"] = StreamModel(shadow, 1000)
+            size, started = 0, time.perf_counter()
+            for i in range(0, count, 64):
+                for outcome in pipeline.process(messages[i : i + 64]):
+                    size += len(outcome.publishes[0][1])
+            times[with_shadow].append((time.perf_counter() - started) / count * 1e6)
+            sizes[with_shadow] = size / count
+    return {
+        "pipeline_us_per_msg": {
+            "best": round(min(times[False]), 2),
+            "median": round(statistics.median(times[False]), 2),
+        },
+        "pipeline_shadow_us_per_msg": {
+            "best": round(min(times[True]), 2),
+            "median": round(statistics.median(times[True]), 2),
+        },
+        "scored_event_bytes": round(sizes[False], 1),
+        "scored_event_with_shadow_bytes": round(sizes[True], 1),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--count", type=int, default=30_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--pipeline-only",
+        action="store_true",
+        help="only the pipeline's cost with and without a shadow model (no broker)",
+    )
     parser.add_argument("--serve", nargs=2, metavar=("VARIANT", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         {"echo": serve_echo, "naive": serve_naive}[args.serve[0]](Path(args.serve[1]))
+        return 0
+    if args.pipeline_only:
+        print(json.dumps(pipeline_cost(args.count, args.rounds), indent=2))
         return 0
     import tempfile
 
@@ -223,8 +282,13 @@ def main() -> int:
             rounds["shadow"].append(shadow_rate)
             rounds["shadow_rss"].append(shadow_rss)
             p50, p99, latency_rss = latency(stack, workdir, rate=2000, seconds=15)
-            for key, value in (("agent", agent_rate), ("echo", echo_rate), ("p50", p50),
-                               ("p99", p99), ("rss", max(agent_rss, latency_rss))):  # fmt: skip
+            for key, value in (
+                ("agent", agent_rate),
+                ("echo", echo_rate),
+                ("p50", p50),
+                ("p99", p99),
+                ("rss", max(agent_rss, latency_rss)),
+            ):
                 rounds[key].append(value)
         naive_rate, _ = measure(stack, "naive", min(args.count, 3_000), workdir)
     agent_rate, echo_rate = statistics.median(rounds["agent"]), statistics.median(rounds["echo"])
