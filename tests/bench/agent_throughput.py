@@ -9,6 +9,11 @@ Latency: the agent at a fixed 2,000 msg/s, publish time to arrival of the scored
 Agent and echo runs alternate for ``--rounds`` rounds and each figure is the median over
 the rounds (the per-round figures are printed too): a 2-core box shared with the broker
 and the harness varies by ±15 % from run to run.
+
+Shadow: the agent with a candidate in shadow for the whole run (two models score every
+batch; the candidate's results ride in the scored events), ``shadow_msgs_per_s``;
+``shadow_vs_agent`` is the median of the per-round ratios. ``--pipeline-only`` measures
+``Pipeline.process`` alone with and without the shadow model, without any broker.
 """
 
 from __future__ import annotations
