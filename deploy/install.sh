@@ -35,7 +35,7 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 SERVICES=(agent bridge)
 
 die() { echo "install.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,7p' "$0"; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 systemd_running() { [ -d /run/systemd/system ]; }
 
 reload_mosquitto() {

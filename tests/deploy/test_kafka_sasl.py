@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, Producer
 from bridge.settings import BridgeSettings
 from plumbing.settings import KafkaSettings
 from tests.integration.harness import (
+    Collector,
     ServiceProcess,
     consume,
     publish_all,
@@ -152,8 +153,17 @@ def _bridge_fed(
     """A bridge with the shipped config running, and ``count`` raw events published to it."""
     prefix = f"box{uuid.uuid4().hex[:6]}"
     config = _shipped_bridge_config(tmp_path, secure, prefix, routes)
-    bridge = _start(config, tmp_path, secure, monkeypatch)
+    with Collector(secure.state.mqtt_port, [f"{prefix}/+/status/+"]) as status:
+        bridge = _start(config, tmp_path, secure, monkeypatch)
+
+        def online() -> bool:  # published once its subscriptions exist
+            documents = status.documents("status")
+            return any(d.get("service") == "bridge" and d.get("state") == "online"
+                       for d in documents)  # fmt: skip
+
+        wait_for(lambda: online() or not bridge.alive(), 60, "the bridge's online status")
     try:
+        assert bridge.alive(), bridge.log_text()
         wait_for(lambda: _online(config), 30, "bridge metrics")
         ids = [f"{prefix}-{i}" for i in range(count)]
         publish_all(secure.state.mqtt_port, [
