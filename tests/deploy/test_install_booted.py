@@ -185,6 +185,15 @@ def test_install_names_the_missing_kafka_ca_file(box: Box) -> None:
     assert box.sh("systemctl is-enabled edgewatch.target", check=False) != "enabled"
 
 
+def test_install_checks_files_as_the_service_user(box: Box) -> None:
+    """Readable by root is not enough: the check runs as ``edgewatch``, like the service."""
+    box.sh(f"install -m 0600 {nspawn.CONTAINER_CA} /etc/edgewatch/kafka-ca.pem")
+    done = box.install("install_2_unreadable_ca")
+    assert done.returncode == 1, done.stdout + done.stderr
+    uid = box.sh("id -u edgewatch")
+    assert f"/etc/edgewatch/kafka-ca.pem is not readable by this user (uid {uid})" in done.stdout
+
+
 # -- 2. with the secret and the CA in place -------------------------------------------------
 def test_install_validates_the_sasl_config_with_its_secret_via_loadcredential(box: Box) -> None:
     """Finding 2: the password reaches the install's check the way it reaches the service."""
