@@ -357,14 +357,15 @@ def bursts(port: int, items: list, size: int, pause_s: float) -> threading.Threa
 def test_kill_9_while_flapping_between_direct_path_and_spool(
     tmp_path: Path, mqtt_port: int, kafka_bootstrap: str, mqtt_prefix: str, stack_module: object
 ) -> None:
-    """Bursts with pauses, and a max_wait (5 ms) below Kafka's ack latency: each burst sends
-    the bridge to the spool, each pause (all delivered) brings it back to the direct path.
+    """Bursts with pauses, and a max_wait (4 ms) below Kafka's ack latency (5 ms linger and
+    more): each burst sends the bridge to the spool, each pause (all delivered) brings it
+    back to the direct path.
     kill -9 at random moments lands on both paths and on switches both ways."""
     items = sequence_items(mqtt_prefix, 20_000)
     metrics_port = stack_module.free_port()  # type: ignore[attr-defined]
     config = bridge_config(
         tmp_path, mqtt_port, kafka_bootstrap, mqtt_prefix, metrics_port=metrics_port,
-        extra="[direct]\nmax_wait_s = 0.005\nresume_wait_s = 0.004\n",
+        extra="[direct]\nlinger_ms = 5\nmax_wait_s = 0.004\nresume_wait_s = 0.003\n",
     )  # fmt: skip
     flips = {"direct": 0.0, "spool": 0.0}
 

@@ -32,13 +32,14 @@ func main() {
 	bootstrap := flag.String("bootstrap", "127.0.0.1:9092", "Kafka bootstrap servers")
 	topic := flag.String("topic", "edge.raw", "Kafka topic")
 	inflight := flag.Int("inflight", 1000, "most messages handed to Kafka unacknowledged")
+	linger := flag.Duration("linger", 5*time.Millisecond, "producer linger (fastest here: 5 ms)")
 	flag.Parse()
 
 	producer, err := kgo.NewClient(
 		kgo.SeedBrokers(strings.Split(*bootstrap, ",")...),
 		kgo.RequiredAcks(kgo.AllISRAcks()), // idempotent by default
 		kgo.ProducerBatchCompression(kgo.Lz4Compression()),
-		kgo.ProducerLinger(5*time.Millisecond),
+		kgo.ProducerLinger(*linger),
 		kgo.AllowAutoTopicCreation(),
 	)
 	if err != nil {
