@@ -101,6 +101,7 @@ def test_device_cannot_publish_as_another_device(
         "edge/dev-a/alerts/payments",
         "edge/dev-a/deadletter/payments",
         "edge/dev-a/status/agent",
+        "edge/dev-a/rollout/payments",
         "edge/models/payments-fraud",
     ],
 )
@@ -131,6 +132,8 @@ def test_agent_cannot_publish_models_but_publishes_scored_events(
         assert agent.publish("edge/models/payments-fraud", b"bundle") == NOT_AUTHORIZED
         assert agent.publish("edge/dev-a/scored/payments") == 0
         assert _arrived(bridge_view, "edge/dev-a/scored/payments")
+        assert agent.publish("edge/box-1/rollout/payments") == 0  # transitions reach the bridge
+        assert _arrived(bridge_view, "edge/box-1/rollout/payments")
         assert not [t for t, _ in agent.received if t.startswith("edge/models/")]
     finally:
         agent.close()

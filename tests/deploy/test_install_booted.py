@@ -270,9 +270,11 @@ def test_sandbox_refuses_writes_outside_the_allowed_paths(box: Box, service: str
         done = box.as_service(service, f"echo x > {path}")
         assert done.returncode != 0, f"{service} could write {path}"
         assert not box.container.path(path).exists()
-    if service == "bridge":  # its spool directory is the one place it may write
-        assert box.as_service(service, "echo x > /var/lib/edgewatch/bridge/probe").returncode == 0
-        box.sh("rm /var/lib/edgewatch/bridge/probe")
+    # Its state directory (bridge: the spool; agent: rollout state and baselines) is the one
+    # place each may write.
+    mine = f"/var/lib/edgewatch/{service}/probe"
+    assert box.as_service(service, f"echo x > {mine}").returncode == 0
+    box.sh(f"rm {mine}")
 
 
 def test_events_flow_from_a_device_added_by_install_to_kafka_outside(box: Box) -> None:
