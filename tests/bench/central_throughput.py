@@ -1,32 +1,44 @@
 """Central preprocess job throughput against a plain confluent-kafka loop.
 
     python tests/bench/central_throughput.py --json
+    python tests/bench/central_throughput.py --json --variant p2:parallelism.default=2
 
 Starts its own stack with the central engine (Kafka, Flink JobManager + TaskManager, SQL
 Gateway; ``deploy/dev/stack.py``), fills ``{prefix}.raw.payments`` with ``--events``
 credit-card payments (the data set's rows, ids of their own, a card number and holder on
-every 10th) and ``{prefix}.labels`` with one label per payment, then, for ``--rounds``
-rounds, alternately:
+every 10th) and ``{prefix}.labels`` with one label per payment. Then:
 
-1. preprocess: submits ``deploy/central/preprocess_payments.sql`` unchanged (through
-   ``models.central.jobs.Jobs``, as ``edgewatch-central jobs up`` does; a consumer group of
-   the round's own, so it reads the backlog from the beginning) and reads the round's
-   ``train.payments`` topic with read_committed until every payment is there, then cancels
-   the job. Rate = rows / span of the rows' Kafka timestamps (the sink's send times), so
-   job start-up and the last checkpoint's commit wait are not counted and nothing polls the
-   engine meanwhile.
-2. baseline: one Python process, confluent-kafka consumer → producer, doing the same
-   transform without the join (dedupe by event id in a set, drop ``holder``, card number to
-   its last four, ``hour_of_day``, ``log_amount``; acks=all, idempotent, no transactions)
-   from the same raw topic into a topic of the round's own; same rate measurement.
+1. Warm-up (``--warmup-events``, reported, never part of the headline): job rounds only,
+   on the fresh TaskManager, until it has processed that many events. A TaskManager's
+   speed keeps rising for several hundred thousand events (class loading, JIT compilation
+   of Kafka client, JSON, state and serializer code shared by every job it runs); a
+   long-running job sees the warm figure. ``preprocess_cold_events_per_s`` is the first
+   warm-up round, ``warmup_rounds`` all of them.
+2. ``--rounds`` measured rounds, each alternately (so drift hits all alike):
+   a. preprocess: submits ``deploy/central/preprocess_payments.sql`` unchanged (through
+      ``models.central.jobs.Jobs``, as ``edgewatch-central jobs up`` does; a consumer group
+      of the round's own, so it reads the backlog from the beginning; state starts empty)
+      and reads the round's ``train.payments`` topic with read_committed until every
+      payment is there, then cancels the job; checkpoints every ``--checkpoint-interval``
+      (default: the shipped ``central.checkpoint_interval``, as ``jobs up`` runs it, on
+      which the exactly-once sink commits). Rate = rows / span of the rows' Kafka
+      timestamps (the sink's send times), so job start-up and the last checkpoint's commit
+      wait are not counted and nothing polls the engine meanwhile.
+   b. each ``--variant NAME:KEY=VALUE[,KEY=VALUE…]``: the same file with ``SET 'KEY' =
+      'VALUE';`` lines added before its ``INSERT`` (over the file's own ``SET`` lines), the
+      same measurement; reported under ``variants``, never as the headline.
+   c. baseline: one Python process, confluent-kafka consumer → producer, doing the same
+      transform without the join (dedupe by event id in a set, drop ``holder``, card number
+      to its last four, ``hour_of_day``, ``log_amount``; acks=all, idempotent, no
+      transactions) from the same raw topic into a topic of the round's own; same rate.
 
-The first round runs on a fresh TaskManager (class loading, JIT warm-up): it is reported as
-``preprocess_cold_events_per_s``; the headline figures are medians of the other rounds, as
-a long-running job sees them. ``*_steady_*`` rates leave out each run's first 10 % of rows.
-The machine may be shared: ``load_average_1m`` says how busy it was. ``engine_rss_mb`` is
-the peak resident memory (VmHWM) of the JobManager and TaskManager JVMs together after all
-rounds; the SQL Gateway is reported beside it. The goal: at least 15,000 events/s, so one
-job keeps up with a box's bridge at full rate.
+Headline figures are medians of the measured rounds; every round's figure is in the JSON.
+``*_steady_*`` rates leave out each run's first 10 % of rows. Per round the TaskManager's
+CPU seconds and garbage-collection milliseconds (its JVM metrics, read between rounds)
+say where its time went. The machine may be shared: ``load_average_1m`` says how busy it
+was. ``engine_rss_mb`` is the peak resident memory (VmHWM) of the JobManager and
+TaskManager JVMs together after all rounds; the SQL Gateway is reported beside it. The
+goal: at least 15,000 events/s, so one job keeps up with a box's bridge at full rate.
 """
 
 from __future__ import annotations
@@ -35,12 +47,15 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import re
 import statistics
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +65,14 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from agent.replay import messages_from_file
 from models.central.jobs import Jobs
-from models.central.settings import CentralSettings
+from models.central.settings import CentralEngineSettings, CentralSettings
 from plumbing.events import dumps, loads
 from tests.conftest import DATASETS, load_stack_module
 
 GOAL_EVENTS_PER_S = 15_000
+JOB = "preprocess_payments"
+JOBS_DIR = REPO / "deploy" / "central"
+SHIPPED_CHECKPOINT_INTERVAL = str(CentralEngineSettings.model_fields["checkpoint_interval"].default)
 PARTITIONS = 3
 V = [f"V{k}" for k in range(1, 29)]
 NON_DIGIT = re.compile(r"[^0-9]")
@@ -197,37 +215,111 @@ def baseline(bootstrap: str, raw: str, out: str, expected: int, timeout_s: float
     assert producer.flush(60) == 0
 
 
-def job_round(
-    stack: Any, prefix: str, round_: int, interval: str, expected: int
-) -> tuple[list[float], float]:
-    """The preprocess job over the whole backlog (``expected`` payments) into a topic of this
-    round's own (its own consumer group, so it starts from the beginning); the output's
-    timestamps and the submit time."""
+def variant_jobs_dir(name: str, settings: dict[str, str]) -> Path:
+    """A jobs directory whose preprocess_payments.sql is the shipped file with ``SET``
+    lines for ``settings`` right before its INSERT (so they win over the file's own)."""
+    shipped = (JOBS_DIR / f"{JOB}.sql").read_text(encoding="utf-8")
+    at = shipped.rindex("\nINSERT INTO")
+    lines = "".join(f"\nSET '{key}' = '{value}';" for key, value in settings.items())
+    directory = Path(tempfile.mkdtemp(prefix=f"edgewatch-central-bench-{name}-"))
+    (directory / f"{JOB}.sql").write_text(shipped[:at] + lines + "\n" + shipped[at:])
+    return directory
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME:KEY=VALUE[,KEY=VALUE…]`` → (NAME, {KEY: VALUE})."""
+    name, _, body = text.partition(":")
+    pairs = [item.partition("=") for item in body.split(",") if item.strip()]
+    if not re.fullmatch(r"[a-z0-9_-]+", name) or not pairs or any(not p[1] for p in pairs):
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: write NAME:KEY=VALUE[,KEY=VALUE]")
+    return name, {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def taskmanager_usage(stack: Any) -> tuple[float, float]:
+    """The TaskManager's CPU seconds (user + system, /proc) and its JVM's garbage
+    collection milliseconds so far (Flink's metrics; 0 if they cannot be read)."""
+    pid = stack.state.central_pids["taskmanager"]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    rest = stack.state.flink_rest
+    try:
+        manager = http_get(f"{rest}/taskmanagers")["taskmanagers"][0]["id"]
+        names = [m["id"] for m in http_get(f"{rest}/taskmanagers/{manager}/metrics")
+                 if m["id"].startswith("Status.JVM.GarbageCollector.")
+                 and m["id"].endswith(".Time")]  # fmt: skip
+        values = http_get(f"{rest}/taskmanagers/{manager}/metrics?get={','.join(names)}")
+        gc_ms = float(sum(float(m["value"]) for m in values))
+    except (OSError, KeyError, IndexError, ValueError):
+        gc_ms = 0.0
+    return cpu_s, gc_ms
+
+
+def http_get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (http://127.0.0.1)
+        return json.loads(response.read())
+
+
+@dataclass
+class JobRun:
+    """One run of the job over the whole backlog."""
+
+    rate: float
+    steady_rate: float
+    first_row_s: float
+    taskmanager_cpu_s: float
+    taskmanager_gc_ms: float
+
+    def summary(self) -> dict[str, float]:
+        return {"events_per_s": round(self.rate), "steady_events_per_s": round(self.steady_rate),
+                "first_row_after_submit_s": round(self.first_row_s, 1),
+                "taskmanager_cpu_s": round(self.taskmanager_cpu_s, 1),
+                "taskmanager_gc_ms": round(self.taskmanager_gc_ms)}  # fmt: skip
+
+
+def job_round(stack: Any, prefix: str, name: str, interval: str, expected: int, *,
+              jobs_dir: Path = JOBS_DIR) -> JobRun:  # fmt: skip
+    """The preprocess job over the whole backlog (``expected`` payments) into a topic of
+    its own (``name``: its own consumer group, so it starts from the beginning)."""
     state = stack.state
-    name = f"{prefix}-r{round_}"
     settings = CentralSettings(
         kafka={"bootstrap_servers": state.kafka_bootstrap},
         central={"sql_gateway": state.sql_gateway, "flink_rest": state.flink_rest,
                  "checkpoint_dir": stack.checkpoint_dir / name, "checkpoint_interval": interval,
-                 "topic_prefix": prefix, "train_prefix": name, "group_id_prefix": name,
-                 "transactional_id_prefix": name},
+                 "jobs_dir": jobs_dir, "topic_prefix": prefix, "train_prefix": name,
+                 "group_id_prefix": name, "transactional_id_prefix": name},
     )  # fmt: skip
     jobs = Jobs(settings)
+    cpu_before, gc_before = taskmanager_usage(stack)
     submitted_at = time.time()
-    jobs.submit("preprocess_payments", resume=False)
-    train = settings.job_variables("preprocess_payments")["train_payments_topic"]
+    jobs.submit(JOB, resume=False)
+    train = settings.job_variables(JOB)["train_payments_topic"]
     stamps = scan(state.kafka_bootstrap, train, expected, timeout_s=900)
-    jobs.cancel("preprocess_payments")
-    return stamps, submitted_at
+    jobs.cancel(JOB)
+    cpu_after, gc_after = taskmanager_usage(stack)
+    rate, steady = rates(stamps, expected, f"preprocess {name}")
+    return JobRun(rate, steady, stamps[0] - submitted_at, cpu_after - cpu_before,
+                  gc_after - gc_before)  # fmt: skip
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--checkpoint-interval", default="5 s")
+    parser.add_argument("--events", type=int, default=200_000, help="backlog, per round")
+    parser.add_argument("--warmup-events", type=int, default=800_000,
+                        help="events the job processes on the fresh TaskManager before the "
+                        "measured rounds (in rounds of --events)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds")
+    parser.add_argument("--checkpoint-interval", default=SHIPPED_CHECKPOINT_INTERVAL,
+                        help="default: as `jobs up` runs it")  # fmt: skip
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[],
+                        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                        help="the job with these SET lines too, each measured round")  # fmt: skip
     args = parser.parse_args()
+    if args.rounds < 1 or args.events < 1 or args.warmup_events < 0:
+        parser.error("--rounds and --events must be positive, --warmup-events at least 0")
+    variants = {name: (options, variant_jobs_dir(name, options)) for name, options in args.variant}
     events = payments(args.events)
     steady_harness()
     with central_stack() as stack:
@@ -244,47 +336,67 @@ def main() -> int:
         fill(bootstrap, raw, labels, events)
         fill_s = time.monotonic() - started
 
-        load, job_rates, plain_rates, first_row_s = [load_average()], [], [], []
-        for round_ in range(args.rounds):  # alternating, so drift hits both alike
-            stamps, submitted_at = job_round(stack, prefix, round_, args.checkpoint_interval,
-                                             args.events)  # fmt: skip
-            job_rates.append(rates(stamps, args.events, f"preprocess round {round_}"))
-            first_row_s.append(round(stamps[0] - submitted_at, 1))
+        interval, load = args.checkpoint_interval, [load_average()]
+        warmup: list[JobRun] = []
+        for round_ in range(math.ceil(args.warmup_events / args.events)):
+            warmup.append(job_round(stack, prefix, f"{prefix}-w{round_}", interval, args.events))
+        load.append(load_average())
+        measured: list[JobRun] = []
+        tried: dict[str, list[JobRun]] = {name: [] for name in variants}
+        plain_rates: list[tuple[float, float]] = []
+        for round_ in range(args.rounds):  # alternating, so drift hits all alike
+            measured.append(job_round(stack, prefix, f"{prefix}-r{round_}", interval, args.events))
+            for name, (_, directory) in variants.items():
+                tried[name].append(job_round(stack, prefix, f"{prefix}-{name}{round_}", interval,
+                                             args.events, jobs_dir=directory))  # fmt: skip
             plain = f"{prefix}.baseline{round_}"
             baseline(bootstrap, raw, plain, args.events, timeout_s=900)
             plain_stamps = scan(bootstrap, plain, args.events, timeout_s=120)
             plain_rates.append(rates(plain_stamps, args.events, f"baseline round {round_}"))
             load.append(load_average())
         rss = {name: peak_rss_mb(pid) for name, pid in state.central_pids.items() if pid}
-    # The first round runs on a fresh TaskManager (class loading, JIT): reported apart; the
-    # figures are medians of the warm rounds, as a long-running job sees them.
-    warm = slice(1, None) if args.rounds > 1 else slice(None)
-    preprocess = statistics.median(r[0] for r in job_rates[warm])
-    plain_rate = statistics.median(r[0] for r in plain_rates[warm])
+    preprocess = statistics.median(run.rate for run in measured)
+    plain_rate = statistics.median(r[0] for r in plain_rates)
     result = {
         "preprocess_events_per_s": round(preprocess),
         "baseline_events_per_s": round(plain_rate),
         "engine_rss_mb": round(rss.get("jobmanager", 0.0) + rss.get("taskmanager", 0.0), 1),
         "preprocess_vs_baseline": round(preprocess / plain_rate, 2),
-        "preprocess_cold_events_per_s": round(job_rates[0][0]),
-        "preprocess_steady_events_per_s": round(statistics.median(r[1] for r in job_rates[warm])),
-        "baseline_steady_events_per_s": round(statistics.median(r[1] for r in plain_rates[warm])),
+        "preprocess_steady_events_per_s": round(statistics.median(r.steady_rate for r in measured)),
+        "baseline_steady_events_per_s": round(statistics.median(r[1] for r in plain_rates)),
+        "preprocess_cold_events_per_s": round(warmup[0].rate) if warmup else None,
         "goal_events_per_s": GOAL_EVENTS_PER_S,
         "goal_met": preprocess >= GOAL_EVENTS_PER_S,
         "rss_mb": {name: round(value, 1) for name, value in rss.items()},
-        "first_row_after_submit_s": first_row_s,
         "events": args.events,
         "verified_in_kafka": args.events,  # rates() raised unless every payment came out
         "backlog_fill_s": round(fill_s, 1),
         "checkpoint_interval": args.checkpoint_interval,
         "partitions": PARTITIONS,
         "parallelism": 1,
+        "warmup_events": len(warmup) * args.events,
+        "warmup_rounds": [run.summary() for run in warmup],
         "rounds": {
-            "preprocess": [round(r[0]) for r in job_rates],
+            "preprocess": [run.summary() for run in measured],
             "baseline": [round(r[0]) for r in plain_rates],
         },
-        # The machine is shared: the 1-minute load average before the rounds and after each
-        # (2 cores here; well above 2 means every figure is depressed).
+        "variants": {
+            name: {
+                "set": options,
+                "events_per_s": round(statistics.median(r.rate for r in tried[name])),
+                "steady_events_per_s": round(statistics.median(r.steady_rate for r in tried[name])),
+                "vs_preprocess": round(
+                    statistics.median(
+                        v.rate / m.rate for v, m in zip(tried[name], measured, strict=True)
+                    ),
+                    2,
+                ),
+                "rounds": [run.summary() for run in tried[name]],
+            }
+            for name, (options, _) in variants.items()
+        },
+        # The machine is shared: the 1-minute load average before the warm-up, after it and
+        # after each measured round (2 cores here; well above 2 depresses every figure).
         "load_average_1m": load,
     }
     print(json.dumps(result, indent=2) if args.json else result)
