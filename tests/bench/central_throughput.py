@@ -50,6 +50,7 @@ import json
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -356,6 +357,8 @@ def main() -> int:
             plain_rates.append(rates(plain_stamps, args.events, f"baseline round {round_}"))
             load.append(load_average())
         rss = {name: peak_rss_mb(pid) for name, pid in state.central_pids.items() if pid}
+    for _, directory in variants.values():
+        shutil.rmtree(directory, ignore_errors=True)
     preprocess = statistics.median(run.rate for run in measured)
     plain_rate = statistics.median(r[0] for r in plain_rates)
     result = {
