@@ -199,8 +199,10 @@ def cmd_build_bundles(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from models.publish import publish_bundle
+    from plumbing.settings import KafkaSettings
 
-    publish_bundle(args.bundle, args.bootstrap, args.topic, load_trusted_keys(args.trusted_keys))
+    kafka = KafkaSettings(bootstrap_servers=args.bootstrap)
+    publish_bundle(args.bundle, kafka, args.topic, load_trusted_keys(args.trusted_keys))
     print(f"published {args.bundle} to {args.topic}")
     return 0
 

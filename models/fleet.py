@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from models.central.settings import CentralSettings
-from plumbing.settings import KafkaSettings
 
 STALE_AFTER_S = 120.0  # a box silent longer than this is marked stale
 
@@ -194,25 +193,6 @@ def read_fleet(config: CentralSettings, timeout_s: float = 30.0) -> list[BoxView
     return fleet_view(documents(topic(config, "status")), documents(topic(config, "rollouts")))
 
 
-def produce_durably(settings: KafkaSettings, topic: str, key: str, value: bytes) -> None:
-    """One record, acknowledged by every in-sync replica, or an error."""
-    from confluent_kafka import KafkaError, Message, Producer
-
-    from plumbing.errors import EdgewatchError
-    from plumbing.kafka import producer_config
-
-    producer = Producer(producer_config(settings, "edgewatch-models-fleet"))
-    errors: list[KafkaError] = []
-
-    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            errors.append(err)
-
-    producer.produce(topic, key=key.encode(), value=value, on_delivery=on_delivery)
-    if producer.flush(30) != 0 or errors:
-        raise EdgewatchError(f"publishing to {topic} failed: {errors or 'timeout'}")
-
-
 def cmd_fleet(args: argparse.Namespace) -> int:
     from plumbing.cli import require_settings
 
@@ -228,6 +208,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 def cmd_serve_version(args: argparse.Namespace) -> int:
     from models.bundle import load_private_key
     from models.instructions import instruction_key, new_instruction, sign_instruction
+    from models.publish import produce_durably
     from plumbing.cli import require_settings
 
     config = require_settings(CentralSettings, args.config)

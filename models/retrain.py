@@ -435,7 +435,7 @@ def sign_and_publish(
     path.write_bytes(data)
     trusted = load_trusted_keys(config.retrain.trusted_keys)
     if publish:
-        publish_bundle(path, config.kafka.bootstrap_servers, config.retrain.models_topic, trusted)
+        publish_bundle(path, config.kafka, config.retrain.models_topic, trusted)
     else:
         load_bundle(path, trusted)  # what publish_bundle checks: the boxes would accept it
     return path

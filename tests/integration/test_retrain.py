@@ -98,7 +98,7 @@ def test_retrain_publishes_champion_plus_one_and_refuses_a_worse_challenger(
     champion = train_challenger(weak, "payments", rows, version=4, progress=False).trained
     path = tmp_path / "champion.ewb"
     path.write_bytes(sign_bundle(champion.manifest, champion.int8_model, load_private_key(keys[0])))
-    publish_bundle(path, kafka_bootstrap, topics["models"], load_trusted_keys(keys[1]))
+    publish_bundle(path, kafka, topics["models"], load_trusted_keys(keys[1]))
 
     # A better challenger passes the gate and is published as version 5.
     result = run_retrain(good, "payments", progress=False, report_dir=tmp_path / "report-good")

@@ -38,6 +38,7 @@ from models.central.settings import CentralSettings
 from models.fleet import BoxView, read_fleet
 from models.instructions import instruction_key, new_instruction, sign_instruction
 from models.publish import publish_bundle
+from plumbing.settings import KafkaSettings
 from tests.conftest import REPO, load_stack_module
 from tests.integration.harness import (
     BUNDLES,
@@ -211,7 +212,8 @@ class Fleet:
         return f"{self.kafka_prefix}.models"
 
     def publish(self, path: Path) -> None:
-        publish_bundle(path, self.bootstrap, self.models_topic, load_trusted_keys(DEV_KEY))
+        kafka = KafkaSettings(bootstrap_servers=self.bootstrap)
+        publish_bundle(path, kafka, self.models_topic, load_trusted_keys(DEV_KEY))
 
     def publish_raw(self, key: str, value: bytes) -> None:
         from confluent_kafka import Producer
