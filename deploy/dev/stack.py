@@ -35,6 +35,7 @@ import getpass
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -73,10 +74,35 @@ class StackError(RuntimeError):
     """A part of the stack could not be set up or started."""
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range. A port the kernel may also
+    hand to an outgoing connection can be taken before a slow JVM binds it, even by the
+    readiness poll itself (a TCP self-connect), so servers get ports no client ever gets."""
+    low, _ = _ephemeral_range()
+    candidates = range(10_000, low) if low > 12_000 else range(low, 65_535)
+    for _attempt in range(200):
+        port = random.choice(candidates)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise StackError(f"no free loopback port in {candidates}")
 
 
 def port_open(port: int) -> bool:
@@ -462,7 +488,24 @@ class Stack:
         """Start whichever of JobManager, TaskManager and SQL Gateway is not running; wait
         until the TaskManager has registered and the gateway answers."""
         self._spawn_central()
-        self._wait_central()
+        self._wait_central_or_retry()
+
+    def _wait_central_or_retry(self) -> None:
+        """Wait for the engine; if a JVM died while starting, start all three once more
+        (after the reason is printed). On the first start that is on new ports, in case one
+        was taken before its JVM could bind it; a restart keeps its ports, which clients know."""
+        first_start = not (self.flink_dir / "started").exists()
+        try:
+            self._wait_central()
+        except StackError as failure:
+            print(f"the Flink engine failed to start, trying once more: {failure}", file=sys.stderr)
+            self.stop_central(hard=True)
+            if first_start:
+                s = self.state
+                s.flink_rest_port = s.flink_rpc_port = s.flink_blob_port = s.sql_gateway_port = 0
+            self._spawn_central()
+            self._wait_central()
+        (self.flink_dir / "started").touch()
 
     def _spawn_central(self) -> None:
         if self.central_alive():
@@ -546,9 +589,17 @@ class Stack:
         raise StackError(f"the Flink engine did not become ready within {START_TIMEOUT_S:.0f}s")
 
     def _flink_log_tail(self, name: str) -> str:
+        """The log's causes (every ERROR and "Caused by" line: a JVM that failed to start
+        logs its shutdown after the reason) and its last lines."""
         logs = [self.flink_dir / "log" / f"{name}.log", self.flink_dir / "log" / f"{name}.out"]
-        return "\n".join(f"== {log.name}\n{log.read_text(errors='replace')[-1500:]}"
-                         for log in logs if log.exists())  # fmt: skip
+        parts = []
+        for log in filter(Path.exists, logs):
+            text = log.read_text(errors="replace")
+            causes = [line for line in text.splitlines()
+                      if " ERROR " in line or line.startswith("Caused by")]  # fmt: skip
+            parts.append(f"== {log.name} (causes)\n" + "\n".join(causes[:20]))
+            parts.append(f"== {log.name} (end)\n{text[-1500:]}")
+        return "\n".join(parts)
 
     def stop_central(self, *, hard: bool = False) -> None:
         """Stop the engine; ``hard`` kills all three JVMs with SIGKILL at once (a crash:
@@ -579,6 +630,8 @@ class Stack:
             "jobmanager.memory.jvm-overhead.min": "64m",
             "jobmanager.execution.failover-strategy": "region",
             "taskmanager.host": "127.0.0.1",
+            # Otherwise derived from the host name, which need not resolve on a CI machine.
+            "taskmanager.resource-id": f"edgewatch-taskmanager-{s.flink_rpc_port}",
             "taskmanager.bind-host": "127.0.0.1",
             "taskmanager.numberOfTaskSlots": 4,
             "taskmanager.memory.process.size": FLINK_TM_MEMORY,
@@ -616,7 +669,7 @@ class Stack:
         self.start_mosquitto()
         self.start_kafka()
         if central:
-            self._wait_central()
+            self._wait_central_or_retry()
         return self.state
 
     def down(self) -> None:
