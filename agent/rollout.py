@@ -51,6 +51,7 @@ the stream is back to ``serving``. Time-based periods end only when batches arri
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -172,9 +173,13 @@ def _ranks(values: FloatArray) -> npt.NDArray[np.float64]:
 
 
 class Reservoir:
-    """A uniform sample of at most ``size`` rows of everything added (Algorithm R)."""
+    """A uniform sample of at most ``size`` rows of everything added (Algorithm R).
 
-    def __init__(self, size: int, columns: int, rng: np.random.Generator) -> None:
+    Its random numbers come from the standard library: ``numpy.random`` would add ~2 MB
+    to the agent's resident memory for a few draws per batch.
+    """
+
+    def __init__(self, size: int, columns: int, rng: random.Random) -> None:
         self.rows = np.empty((size, columns), dtype=np.float64)
         self.size = size
         self.seen = 0
@@ -186,8 +191,8 @@ class Reservoir:
         self.rows[self.seen : self.seen + direct] = rows[:direct]
         rest = rows[direct:]
         if len(rest):
-            index = self.seen + direct + np.arange(len(rest))
-            slots = self._rng.integers(0, index + 1)
+            first, draw = self.seen + direct, self._rng.randrange
+            slots = np.array([draw(first + k + 1) for k in range(len(rest))], dtype=np.int64)
             keep = slots < self.size
             self.rows[slots[keep]] = rest[keep]  # later rows win, as if added one by one
         self.seen += len(rows)
@@ -199,7 +204,7 @@ class Reservoir:
 class Window:
     """The figures of one judged stretch: counts, and bounded samples of scores and times."""
 
-    def __init__(self, rank_sample: int, rng: np.random.Generator, started: float) -> None:
+    def __init__(self, rank_sample: int, rng: random.Random, started: float) -> None:
         self.started = started
         self.events = self.new_alerts = self.old_alerts = self.errors = self.batches = 0
         self.pairs = Reservoir(rank_sample, 2, rng)
@@ -291,7 +296,7 @@ class Rollout:
         self.max_previous = max_previous
         self.phase = Phase.SERVING
         self.last: Decision | None = None
-        self._rng = np.random.default_rng(seed)
+        self._rng = random.Random(seed)
         self._testing = rules  # the rules of the version under test
         self._window: Window | None = None
         self._period_started = 0.0

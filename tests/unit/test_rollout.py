@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -235,7 +236,7 @@ def test_spearman_and_the_reservoir() -> None:
     assert spearman(np.array([1.0, 1.0, 2.0, 3.0]), np.array([1.0, 1.0, 2.0, 3.0])) == 1.0
     assert spearman(x[:2], x[:2]) is None
     assert spearman(np.ones(5), x[:5]) == 0.0
-    reservoir = Reservoir(100, 1, np.random.default_rng(0))
+    reservoir = Reservoir(100, 1, random.Random(0))
     for start in range(0, 100_000, 1000):
         reservoir.add(np.arange(start, start + 1000))
     sample = reservoir.sample()
