@@ -10,6 +10,12 @@ Agent and echo runs alternate for ``--rounds`` rounds and each figure is the med
 the rounds (the per-round figures are printed too): a 2-core box shared with the broker
 and the harness varies by ±15 % from run to run.
 
+CPU: each service's own CPU time (user + system, from the kernel's accounting of the
+exited process) over the messages it handled, start-up and shutdown taken out (the start
+that creates the session costs the same without messages): ``*_cpu_us_per_msg``. Unlike a
+rate, it hardly moves when other work shares the box. Only Mosquitto runs (the agent never
+talks to Kafka).
+
 Shadow: the agent with a candidate in shadow for the whole run (two models score every
 batch; the candidate's results ride in the scored events), ``shadow_msgs_per_s``;
 ``shadow_vs_agent`` is the median of the per-round ratios. ``--pipeline-only`` measures
@@ -19,13 +25,18 @@ batch; the candidate's results ride in the scored events), ``shadow_msgs_per_s``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import queue
 import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -35,7 +46,6 @@ from common import (
     messages_until_sigterm,
     peak_rss_mb,
     percentile_ms,
-    private_stack,
     publish,
     run_module,
     steady_harness,
@@ -55,6 +65,7 @@ from models.bundle import (
 from plumbing.events import Topics
 from plumbing.lifecycle import settle_runtime
 from plumbing.mqtt import MqttConnection
+from tests.conftest import load_stack_module
 
 BUNDLE = REPO / "models" / "bundles" / "payments-fraud.ewb"
 KEY = REPO / "models" / "bundles" / "dev-signing-key.DEVELOPMENT-ONLY.pub.pem"
@@ -62,6 +73,17 @@ DEV_PRIVATE = REPO / "deploy" / "dev" / "keys" / "dev-signing-key.DEVELOPMENT-ON
 # The shadow variant: a candidate that stays in shadow for the whole run (never judged).
 SHADOW_RULES = "[rollout.rules]\nshadow_events = 1000000000\n"
 SAMPLE = REPO / "models" / "samples" / "payments-holdout.csv"
+
+
+@contextlib.contextmanager
+def mosquitto_only() -> Iterator[object]:
+    """A private stack with its Mosquitto alone: Kafka's JVM would only add noise."""
+    stack = load_stack_module().Stack(Path(tempfile.mkdtemp(prefix="edgewatch-bench-")))
+    stack.start_mosquitto()
+    try:
+        yield stack
+    finally:
+        stack.destroy()
 
 
 def items(prefix: str, count: int) -> list[tuple[str, bytes]]:
@@ -151,7 +173,23 @@ def serve_naive(config: Path) -> None:
     connection.stop()
 
 
-def measure(stack: object, variant: str, count: int, workdir: Path) -> tuple[float, float]:
+def stopped_cpu_s(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> float:
+    """SIGTERM, wait for the exit, and return the process's CPU seconds (user + system)."""
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"process {proc.pid} did not stop within {timeout_s:.0f}s")
+        time.sleep(0.05)
+
+
+def measure(stack: object, variant: str, count: int, workdir: Path) -> tuple[float, float, float]:
+    """(outputs per second, peak RSS MB, CPU µs per message) of one variant's run."""
     port = stack.state.mqtt_port  # type: ignore[attr-defined]
     prefix = f"bench{variant}"
     shadow = variant == "shadow"
@@ -168,8 +206,7 @@ def measure(stack: object, variant: str, count: int, workdir: Path) -> tuple[flo
         proc = run_module(args, workdir / f"{variant}.log")
         if not status.done.wait(60):
             raise RuntimeError(f"{variant} did not start; see {workdir / (variant + '.log')}")
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
+    start_cpu_s = stopped_cpu_s(proc)  # start-up and shutdown, without messages
     if shadow:  # v1 was stored as serving; a configured v2 is shadowed from the first batch
         config_file(workdir, port, prefix, bundle=candidate(workdir), rollout=rollout)
     publish(port, items(prefix, count))
@@ -181,13 +218,12 @@ def measure(stack: object, variant: str, count: int, workdir: Path) -> tuple[flo
         proc = run_module(args, workdir / f"{variant}.log")
         finished = scored.done.wait(600)
         rss = peak_rss_mb(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        cpu_s = stopped_cpu_s(proc)
     if not finished:
         raise RuntimeError(f"{variant}: {scored.count} of {count} outputs arrived")
     if shadow and transitions.count != 1:  # shadow_started, and no decision during the run
         raise RuntimeError(f"shadow: {transitions.count} rollout transitions, expected 1")
-    return scored.rate(), rss
+    return scored.rate(), rss, (cpu_s - start_cpu_s) / count * 1e6
 
 
 def latency(
@@ -217,8 +253,6 @@ def latency(
 def pipeline_cost(count: int, rounds: int) -> dict[str, object]:
     """µs per message in ``Pipeline.process`` alone (batches of 64), without and with a
     candidate in shadow, alternating; best and median of ``rounds``; scored event size."""
-    import tempfile
-
     trusted = load_trusted_keys(KEY)
     serving = load_bundle(BUNDLE, trusted)
     shadow = load_bundle(candidate(Path(tempfile.mkdtemp(prefix="edgewatch-cost-"))), trusted)
@@ -272,30 +306,32 @@ def main() -> int:
     if args.pipeline_only:
         print(json.dumps(pipeline_cost(args.count, args.rounds), indent=2))
         return 0
-    import tempfile
-
     workdir = Path(tempfile.mkdtemp(prefix="edgewatch-agent-bench-"))
     steady_harness()
     rounds: dict[str, list[float]] = {
-        k: [] for k in ("agent", "echo", "shadow", "p50", "p99", "rss", "shadow_rss")
-    }
-    with private_stack() as stack:
+        k: [] for k in ("agent", "echo", "shadow", "p50", "p99", "rss", "shadow_rss",
+                        "agent_cpu_us", "echo_cpu_us", "shadow_cpu_us")
+    }  # fmt: skip
+    with mosquitto_only() as stack:
         for _ in range(args.rounds):
-            agent_rate, agent_rss = measure(stack, "agent", args.count, workdir)
-            echo_rate, _ = measure(stack, "echo", args.count, workdir)
-            shadow_rate, shadow_rss = measure(stack, "shadow", args.count, workdir)
-            rounds["shadow"].append(shadow_rate)
-            rounds["shadow_rss"].append(shadow_rss)
+            agent_rate, agent_rss, agent_cpu = measure(stack, "agent", args.count, workdir)
+            echo_rate, _, echo_cpu = measure(stack, "echo", args.count, workdir)
+            shadow_rate, shadow_rss, shadow_cpu = measure(stack, "shadow", args.count, workdir)
             p50, p99, latency_rss = latency(stack, workdir, rate=2000, seconds=15)
             for key, value in (
                 ("agent", agent_rate),
                 ("echo", echo_rate),
+                ("shadow", shadow_rate),
                 ("p50", p50),
                 ("p99", p99),
                 ("rss", max(agent_rss, latency_rss)),
+                ("shadow_rss", shadow_rss),
+                ("agent_cpu_us", agent_cpu),
+                ("echo_cpu_us", echo_cpu),
+                ("shadow_cpu_us", shadow_cpu),
             ):
                 rounds[key].append(value)
-        naive_rate, _ = measure(stack, "naive", min(args.count, 3_000), workdir)
+        naive_rate, _, _ = measure(stack, "naive", min(args.count, 3_000), workdir)
     agent_rate, echo_rate = statistics.median(rounds["agent"]), statistics.median(rounds["echo"])
     shadow_rate = statistics.median(rounds["shadow"])
     result = {
@@ -312,6 +348,17 @@ def main() -> int:
         ),
         "shadow_rss_mb": round(max(rounds["shadow_rss"]), 1),
         "agent_vs_echo": round(agent_rate / echo_rate, 3),
+        "agent_vs_echo_min": round(
+            min(a / e for a, e in zip(rounds["agent"], rounds["echo"], strict=True)), 3
+        ),
+        # CPU per message hardly depends on what else runs: the robust comparison.
+        "agent_cpu_us_per_msg": round(statistics.median(rounds["agent_cpu_us"]), 1),
+        "echo_cpu_us_per_msg": round(statistics.median(rounds["echo_cpu_us"]), 1),
+        "shadow_cpu_us_per_msg": round(statistics.median(rounds["shadow_cpu_us"]), 1),
+        "echo_vs_agent_cpu": round(
+            statistics.median(rounds["echo_cpu_us"]) / statistics.median(rounds["agent_cpu_us"]),
+            3,
+        ),
         "agent_vs_naive": round(agent_rate / naive_rate, 2),
         "p50_ms": statistics.median(rounds["p50"]),
         "p99_ms": statistics.median(rounds["p99"]),
