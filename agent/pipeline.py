@@ -8,7 +8,6 @@ and scored in one interpreter call.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ from agent.rollout import ShadowFigures
 from models.bundle import Bundle
 from models.features import FloatMatrix, Rejection, WindowState
 from models.scoring import Scorer
-from plumbing.events import TopicParts, Topics, deadletter_document, dumps, event_id_of
+from plumbing.events import Topics, deadletter_document, dumps, event_id_of
 
 NO_MODEL = "no_model"
 TOPIC_CACHE_MAX = 4096  # parsed topics remembered (then forgotten all at once)
@@ -52,6 +51,20 @@ class Outcome:
     document: dict[str, Any] | None = None
     reason: str | None = None  # dead-letter reason, when rejected
     anomaly: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """A raw event topic's device and stream, and the topics its results go to."""
+
+    device: str
+    stream: str
+    scored: str
+    alerts: str
+
+
+_UNSEEN = _Route("", "", "", "")  # a topic not parsed yet
+_Item = tuple[int, _Route, dict[str, Any]]  # index in the batch, route, parsed document
 
 
 class StreamModel:
@@ -134,7 +147,7 @@ class Pipeline:
         self.limits = limits
         self.models: dict[str, StreamModel] = {}
         self.last_inference_s = 0.0
-        self._parsed_topics: dict[str, TopicParts | None] = {}
+        self._parsed_topics: dict[str, _Route | None] = {}
         # A second model per stream scoring the same events (a candidate in shadow, or the
         # previous model on probation); its results go under "shadow" in the scored event.
         self.shadows: dict[str, StreamModel] = {}
@@ -143,75 +156,81 @@ class Pipeline:
     def process(self, batch: Sequence[Inbound]) -> list[Outcome]:
         """Outcomes in the order of ``batch``; every inbound gets at least one publish."""
         outcomes: list[Outcome | None] = [None] * len(batch)
-        valid: dict[str, list[tuple[int, str, str, dict[str, Any]]]] = defaultdict(list)
+        valid: dict[str, list[_Item]] = {}
         self.last_inference_s = 0.0
         self.shadow_figures = {}
+        routes, models = self._parsed_topics, self.models
+        max_bytes, max_depth = self.limits.max_payload_bytes, self.limits.max_json_depth
         for i, inbound in enumerate(batch):
-            parts = self._topic_parts(inbound.topic)
-            if parts is None or parts.kind != "raw":
+            route = routes.get(inbound.topic, _UNSEEN)
+            if route is _UNSEEN:
+                route = self._route(inbound.topic)
+            if route is None:
                 outcomes[i] = self._reject(inbound, "?", "?", BAD_TOPIC, "not a raw event topic")
                 continue
             try:
-                document = parse_object(
-                    inbound.payload,
-                    max_bytes=self.limits.max_payload_bytes,
-                    max_depth=self.limits.max_json_depth,
-                )
+                document = parse_object(inbound.payload, max_bytes=max_bytes, max_depth=max_depth)
             except PayloadRejectedError as exc:
-                outcomes[i] = self._reject(
-                    inbound, parts.device, parts.stream, exc.reason, exc.detail
-                )
+                outcomes[i] = self._reject(inbound, route.device, route.stream, exc.reason,
+                                           exc.detail)  # fmt: skip
                 continue
-            if parts.stream not in self.models:
-                outcomes[i] = self._reject(
-                    inbound, parts.device, parts.stream, NO_MODEL, "no model loaded for stream",
-                    document,
-                )  # fmt: skip
-                continue
-            valid[parts.stream].append((i, parts.device, parts.stream, document))
+            items = valid.get(route.stream)
+            if items is None:
+                if route.stream not in models:
+                    outcomes[i] = self._reject(
+                        inbound, route.device, route.stream, NO_MODEL,
+                        "no model loaded for stream", document,
+                    )  # fmt: skip
+                    continue
+                items = valid[route.stream] = []
+            items.append((i, route, document))
         for stream, items in valid.items():
-            for i, outcome in self._score_stream(batch, stream, items):
-                outcomes[i] = outcome
+            self._score_stream(batch, stream, items, outcomes)
         return [o for o in outcomes if o is not None]
 
-    def _topic_parts(self, topic: str) -> TopicParts | None:
-        """Parsed topics are remembered: a box has few devices, each sending many events."""
+    def _route(self, topic: str) -> _Route | None:
+        """Where a raw topic's results go; None when it is not a raw event topic. Routes are
+        remembered: a box has few devices, each sending many events."""
         cache = self._parsed_topics
-        if topic not in cache:
-            if len(cache) >= TOPIC_CACHE_MAX:
-                cache.clear()
-            cache[topic] = self.topics.parse(topic)
-        return cache[topic]
+        if len(cache) >= TOPIC_CACHE_MAX:
+            cache.clear()
+        parts = self.topics.parse(topic)
+        route = None
+        if parts is not None and parts.kind == "raw":
+            device, stream = parts.device, parts.stream
+            route = _Route(device, stream, self.topics.event(device, "scored", stream),
+                           self.topics.event(device, "alerts", stream))  # fmt: skip
+        cache[topic] = route
+        return route
 
     def _score_stream(
         self,
         batch: Sequence[Inbound],
         stream: str,
-        items: list[tuple[int, str, str, dict[str, Any]]],
-    ) -> list[tuple[int, Outcome]]:
+        items: list[_Item],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        """Vectorize, score and build the events of one stream's items (into ``outcomes``)."""
         model = self.models[stream]
-        rows, rejections = model.vectorize([item[3] for item in items])
-        rejected = {r.index: r for r in rejections}
-        results: list[tuple[int, Outcome]] = []
-        keep = [j for j in range(len(items)) if j not in rejected]
-        for j, rejection in rejected.items():
-            i, device, _, document = items[j]
-            outcome = self._reject(
-                batch[i], device, stream, rejection.reason, rejection.detail, document
-            )
-            results.append((i, outcome))
-        if not keep:
-            return results
-        devices = [items[j][1] for j in keep]
+        rows, rejections = model.vectorize([item[2] for item in items])
+        if rejections:
+            rejected = {r.index: r for r in rejections}
+            for j, rejection in rejected.items():
+                i, route, document = items[j]
+                outcomes[i] = self._reject(batch[i], route.device, stream, rejection.reason,
+                                           rejection.detail, document)  # fmt: skip
+            keep = [j for j in range(len(items)) if j not in rejected]
+            if not keep:
+                return
+            items, rows = [items[j] for j in keep], rows[keep]
         started = time.perf_counter()
-        inputs, prepared = model.inputs(devices, rows[keep])
-        scaled = rows[keep] if prepared is None else prepared.rows
+        inputs, prepared = model.inputs([item[1].device for item in items], rows)
+        scaled = rows if prepared is None else prepared.rows
         scored = model.scorer.score(inputs)
         serving_s = time.perf_counter() - started
         self.last_inference_s += serving_s
         contributions = model.scorer.contributions(scored.errors, self.limits.contributions_top_k)
         threshold = model.manifest.score.threshold
-        now = time.time()
         # Python floats and bools for the whole batch at once, not value by value.
         exact = scored.scores.astype(np.float64)
         scores = np.round(exact, 6).tolist()
@@ -220,20 +239,20 @@ class Pipeline:
         else:  # each device's own threshold; a warming device never alerts
             warming, thresholds = prepared.warming, prepared.thresholds.tolist()
             anomalies = ((exact >= prepared.thresholds) & ~np.array(warming, bool)).tolist()
-        shadow = self._shadow(stream, [items[j] for j in keep], scaled, exact,
-                              serving_alerts=anomalies, serving_s=serving_s)  # fmt: skip
-        for n, j in enumerate(keep):
-            i, device, _, document = items[j]
+        shadow = self._shadow(stream, items, scaled, exact, serving_alerts=anomalies,
+                              serving_s=serving_s)  # fmt: skip
+        info, now = model.info, time.time()
+        for n, (i, route, document) in enumerate(items):
             inbound = batch[i]
             anomaly = anomalies[n]
             event_id = event_id_of(inbound.topic, inbound.payload, document)
             event = {
                 "event_id": event_id,
-                "device": device,
+                "device": route.device,
                 "stream": stream,
                 "ts": document.get("ts"),
                 "scored_at": now,
-                "model": model.info,
+                "model": info,
                 "score": scores[n],
                 "threshold": threshold,
                 "anomaly": anomaly,
@@ -245,18 +264,14 @@ class Pipeline:
             if shadow is not None and shadow[n] is not None:
                 event["shadow"] = shadow[n]
             body = dumps(event)
-            publishes = [(self.topics.event(device, "scored", stream), body)]
-            if anomaly:
-                publishes.append((self.topics.event(device, "alerts", stream), body))
-            results.append(
-                (i, Outcome(inbound, event_id, stream, publishes, event, anomaly=anomaly))
-            )
-        return results
+            publishes = [(route.scored, body), (route.alerts, body)] if anomaly else [
+                (route.scored, body)]  # fmt: skip
+            outcomes[i] = Outcome(inbound, event_id, stream, publishes, event, None, anomaly)
 
     def _shadow(
         self,
         stream: str,
-        items: list[tuple[int, str, str, dict[str, Any]]],
+        items: list[_Item],
         rows: Rows,
         serving: npt.NDArray[np.float64],
         *,
@@ -278,11 +293,11 @@ class Pipeline:
             ok, own = list(range(len(items))), rows
             if (other.manifest.features != served.manifest.features
                     or other.baselines is not None or served.baselines is not None):  # fmt: skip
-                own, rejections = other.vectorize([it[3] for it in items])
+                own, rejections = other.vectorize([it[2] for it in items])
                 refused = {r.index for r in rejections}
                 ok = [j for j in ok if j not in refused]
                 own = own[ok]
-            inputs, prepared = other.inputs([items[j][1] for j in ok], own)
+            inputs, prepared = other.inputs([items[j][1].device for j in ok], own)
             values = other.scorer.score(inputs).scores.astype(np.float64)
         except Exception:  # noqa: BLE001 - a model under test must never stop serving
             figures.shadow_errors += len(items)
