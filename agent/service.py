@@ -51,6 +51,8 @@ from plumbing.events import Topics, dumps
 from plumbing.lifecycle import sd_notify
 from plumbing.metrics import serve_metrics
 from plumbing.mqtt import MqttConnection
+from plumbing.paho_io import BufferedClient
+from plumbing.paho_io import Publish as Received
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,10 @@ class AgentService:
             on_message=self._on_message,
             manual_ack=True,
         )
+        if isinstance(self.intake.client, BufferedClient):
+            # paho builds a message object and properties per PUBLISH; the buffered client
+            # decodes whole QoS 1 PUBLISH packets in one loop (the bridge's intake too).
+            self.intake.client.on_publish_batch = self._on_publish_batch
         self.output = MqttConnection(
             settings.mqtt,
             f"{settings.mqtt_client_id}-out",
@@ -143,18 +149,27 @@ class AgentService:
         self._worker = threading.Thread(target=self._work, name="agent-worker", daemon=True)
 
     # -- paho network thread ---------------------------------------------------------------------
+    def _on_publish_batch(self, batch: list[Received]) -> None:
+        """QoS 1 PUBLISH packets decoded in bulk from the intake's read buffer."""
+        generation = self.intake.generation
+        for topic, payload, mid, dup in batch:
+            self._take_in(topic, payload, (mid, generation), dup)
+
     def _on_message(self, msg: paho.MQTTMessage) -> None:
-        token = (msg.mid, self.intake.generation)
-        control = self._model_topics.get(msg.topic)
+        """A message paho decoded itself (one not wholly in the buffer, or not QoS 1)."""
+        self._take_in(msg.topic, bytes(msg.payload), (msg.mid, self.intake.generation), msg.dup)
+
+    def _take_in(self, topic: str, payload: bytes, token: tuple[int, int], dup: bool) -> None:
+        control = self._model_topics.get(topic)
         if control is not None:
             with self._models_lock:
-                self._pending_models[control] = (bytes(msg.payload), token)
+                self._pending_models[control] = (payload, token)
             return
         if not self._intake_open.is_set():
             return  # shutting down: left unacked, the broker redelivers after restart
-        if msg.dup:
+        if dup:
             self.metrics.redelivered.inc()
-        item = Inbound(msg.topic, bytes(msg.payload), time.monotonic(), token)
+        item = Inbound(topic, payload, time.monotonic(), token)
         try:
             self.queue.put_nowait(item)
         except queue.Full:
