@@ -59,6 +59,7 @@ def _drain(settings: BridgeSettings, spool: object, timeout_s: float) -> int:
     rejected: list[str] = []
     forwarder = Forwarder(
         spool, config, BridgeMetrics(), inflight_max=settings.inflight_max,  # type: ignore[arg-type]
+        inflight_max_bytes=settings.inflight_max_bytes,
         probe=Backoff(settings.probe_min_s, settings.probe_max_s),
         on_rejected=lambda record, error: rejected.append(f"seq {record.seq}: {error.str()}"),
     )  # fmt: skip

@@ -16,9 +16,10 @@ The state machine (``path``)::
               Kafka up, every spool row handed over, no direct record left, and
               nothing in flight or the last deliveries took < resume_wait_s
 
-DIRECT: a message is produced as soon as it is routed and stays unacknowledged on MQTT
-until Kafka acknowledged it (acks=all); only then is it acked. Until then the broker's
-session holds it: after kill -9 it is delivered again. Nothing is written locally.
+DIRECT: a message is produced as soon as it is routed (and there is room in flight) and
+stays unacknowledged on MQTT until Kafka acknowledged it (acks=all); only then is it acked.
+Until then the broker's session holds it: after kill -9 it is delivered again. Nothing is
+written locally.
 
 SPOOL: a group of messages is committed to the spool (one fsync) and acked on MQTT then;
 rows are produced in sequence order and deleted up to the delivered watermark. While Kafka
@@ -50,9 +51,18 @@ Rejections: a record Kafka refuses for good is replaced by its dead-letter recor
 at once; the original stays in flight (its row kept, its MQTT ack withheld) until the
 dead-letter record is delivered.
 
-Bounds: spool rows in flight ≤ ``inflight_max``; direct records in flight ≤ the MQTT window
-(mqtt.receive_maximum: the broker sends no more unacked messages); records waiting for room
-in the spool ≤ one intake group (the service takes no more meanwhile).
+Bounds: records in flight (direct and spooled alike) ≤ ``inflight_max`` and ≤
+``inflight_max_bytes`` (key + value + ROW_OVERHEAD each; one record may exceed the bytes
+while nothing else is in flight, so any message can go); records waiting for room in the
+spool or in flight ≤ one intake group (the service takes no more meanwhile, and bounds its
+intake queue itself). The broker's window (mqtt.receive_maximum) bounds nothing here:
+Mosquitto 2.0 sends a session's whole backlog once the first PUBACK arrives (measured:
+30,000 of 30,000 received with 500 acked, 1,000 with none). Each record in flight is held
+twice, by Python and by librdkafka, so these bounds set the bridge's memory. Overflow
+policy: wait (the pump serves deliveries meanwhile; an MQTT message stays unacked until it
+is placed); every time records wait for room in flight it is counted
+(``edgewatch_bridge_inflight_full_total``), and so is every produce librdkafka refused for
+a full queue (delivery errors, code ``_QUEUE_FULL``).
 """
 
 from __future__ import annotations
@@ -117,6 +127,7 @@ class Forwarder:
         metrics: BridgeMetrics,
         *,
         inflight_max: int,
+        inflight_max_bytes: int = 4 << 20,
         probe: Backoff,
         on_rejected: Callable[[Record, KafkaError], Record | None],
         ack: Ack = lambda tokens: None,
@@ -128,6 +139,7 @@ class Forwarder:
         self.spool = spool
         self.metrics = metrics
         self.inflight_max = inflight_max
+        self.inflight_max_bytes = inflight_max_bytes
         self.probe = probe
         self.on_rejected = on_rejected
         self.ack = ack
@@ -143,6 +155,7 @@ class Forwarder:
         self.path = Path.SPOOL
         self.metrics.direct.set(0)
         self._flight: deque[Record] = deque()  # handed to the producer, in produce order
+        self._flight_bytes = 0  # their sizes (Record.size), until they leave the deque
         self._direct = 0  # records in flight whose MQTT ack waits for Kafka
         self._cursor = 0  # every spool row with seq <= this was handed over
         self._waiting: list[Record] = []  # taken in, not yet spooled or handed over
@@ -229,9 +242,12 @@ class Forwarder:
         placed = self._place(now) if self._waiting else 0
         sent = 0
         if self.kafka_up:
-            budget = self.inflight_max - (len(self._flight) - self._direct)
-            if budget > 0 and self._unhanded():
-                sent = self._send_spooled(min(READ_BATCH, budget), now)
+            budget = self.inflight_max - len(self._flight)
+            if self._unhanded():
+                if budget > 0:
+                    sent = self._send_spooled(min(READ_BATCH, budget), now)
+                else:
+                    self.metrics.inflight_full.inc()
         elif time.monotonic() >= self._next_probe:
             self._probe()
         if placed or sent:
@@ -298,12 +314,17 @@ class Forwarder:
         """Hand the waiting records over (DIRECT) or spool what fits and ack it (SPOOL)."""
         waiting = self._waiting
         if self.path is Path.DIRECT:
+            placed = 0
             for record in waiting:
+                if not self._room(record.size):
+                    self.metrics.inflight_full.inc()
+                    break  # the rest waits (unacked) until deliveries make room
                 self._produce(record, now)
                 if record.ack is not None:
                     self._direct += 1
-            self._waiting = []
-            return len(waiting)
+                placed += 1
+            self._waiting = waiting[placed:]
+            return placed
         if not self._rescue():
             return 0  # earlier messages first
         stored = self._append(waiting)
@@ -324,16 +345,34 @@ class Forwarder:
         self.metrics.group_size.observe(stored)
         return stored
 
+    def _room(self, size: int) -> bool:
+        """One more record of ``size`` bytes fits in flight (any fits while none is)."""
+        flight = self._flight
+        return not flight or (
+            len(flight) < self.inflight_max and self._flight_bytes + size <= self.inflight_max_bytes
+        )
+
     def _send_spooled(self, limit: int, now: float) -> int:
-        records = self.spool.read_after(self._cursor, limit)
+        """Hand over up to ``limit`` rows after the cursor, as many as the byte bound lets."""
+        room = self.inflight_max_bytes - self._flight_bytes
+        if self._flight and room <= 0:
+            self.metrics.inflight_full.inc()
+            return 0
+        row = max(1, self.spool.bytes // max(1, self.spool.rows))  # the average row
+        records = self.spool.read_after(self._cursor, max(1, min(limit, room // row)))
         if not records:
             # None after the cursor (the rows there were dropped): only this thread
             # appends, so nothing is unhanded.
             self._cursor = self.spool.last_seq
+        sent = 0
         for record in records:
+            if not self._room(record.size):
+                self.metrics.inflight_full.inc()
+                break  # the rest is read again (from SQLite) once deliveries made room
             self._produce(record, now)
             self._cursor = record.seq
-        return len(records)
+            sent += 1
+        return sent
 
     def _produce(self, record: Record, now: float) -> None:
         record.handed = now
@@ -345,9 +384,11 @@ class Forwarder:
                     on_delivery=partial(self._on_delivery, record),
                 )  # fmt: skip
                 break
-            except BufferError:
-                self.producer.poll(0.05)  # librdkafka's queue is full: let it drain
+            except BufferError:  # librdkafka's queue is full: let it drain
+                self.metrics.delivery_errors.labels("_QUEUE_FULL").inc()
+                self.producer.poll(0.05)
         self._flight.append(record)
+        self._flight_bytes += record.size
 
     def _probe(self) -> None:
         try:
@@ -368,9 +409,10 @@ class Forwarder:
         self._forwarded.clear()
         flight = self._flight
         while flight and flight[0].done:
-            seq = flight.popleft().seq
-            if seq:
-                self._watermark = seq
+            record = flight.popleft()
+            self._flight_bytes -= record.size
+            if record.seq:
+                self._watermark = record.seq
         now = time.monotonic()
         behind = self._watermark - self._deleted_through
         if behind and (behind >= DELETE_EVERY_ROWS or now - self._last_delete >= DELETE_EVERY_S):

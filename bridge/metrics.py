@@ -60,6 +60,17 @@ class BridgeMetrics:
             "Messages handed to the producer, not yet acknowledged",
             registry=r,
         )
+        self.inflight_full = Counter(
+            "edgewatch_bridge_inflight_full",
+            "Times records waited for room in flight (inflight_max, inflight_max_bytes)",
+            registry=r,
+        )
+        self.intake_full = Counter(
+            "edgewatch_bridge_intake_full",
+            "Times MQTT intake waited because the intake queue was full (queue_capacity, "
+            "queue_max_bytes)",
+            registry=r,
+        )
         self.unacked = Gauge(
             "edgewatch_bridge_mqtt_unacked",
             "MQTT messages received but not yet acknowledged",

@@ -4,9 +4,16 @@ Threads: paho's network thread decodes QoS 1 PUBLISH packets in bulk (plumbing.p
 enqueues one batch per read; the pump routes them and runs bridge.forwarder (the direct
 path, the spool, every produce, delivery callback and MQTT ack, in receive order); the
 housekeeping thread expires spool rows and sets gauges; the model delivery consumes the
-models topic. One stop event ends them all. The intake queue holds at most
-``queue_capacity`` batches, and the broker sends at most ``mqtt.receive_maximum`` unacked
-messages, which bounds the messages in it.
+models topic. One stop event ends them all.
+
+Intake bound: the intake queue holds at most ``queue_capacity`` messages and
+``queue_max_bytes`` payload bytes (a batch is always let into an empty queue). When a batch
+does not fit, paho's network thread waits until the pump took enough (counted:
+``edgewatch_bridge_intake_full_total``); meanwhile it reads nothing, so TCP flow control
+holds the broker back. The bridge cannot leave this to the broker: Mosquitto 2.0 sends a
+persistent session's whole backlog once the first PUBACK arrives, whatever
+``mqtt.receive_maximum`` says (see bridge.forwarder), and a 50k backlog then peaked at
+87.5 MB RSS with everything in the process at once.
 """
 
 from __future__ import annotations
@@ -71,10 +78,11 @@ class BridgeService:
             self.metrics.resent_after_restart.inc(self.spool.rows_at_open)
         self.stop_event = threading.Event()
         self._intake_open = threading.Event()
-        # (connection generation, publishes) per read of the socket, in arrival order.
-        self.queue: queue.Queue[tuple[int, list[Publish]]] = queue.Queue(
-            maxsize=settings.queue_capacity
-        )
+        # (connection generation, publishes, their payload bytes) per read of the socket, in
+        # arrival order; bounded by _admit (messages and bytes), not by the queue itself.
+        self.queue: queue.Queue[tuple[int, list[Publish], int]] = queue.Queue()
+        self._room = threading.Condition()
+        self._queued = self._queued_bytes = 0  # in the queue (guarded by _room)
         self.status_topic = self.topics.status(settings.node_id, SERVICE)
         self.connection = MqttConnection(
             settings.mqtt,
@@ -95,6 +103,7 @@ class BridgeService:
         self.forwarder = Forwarder(
             self.spool, kafka_config, self.metrics,
             inflight_max=settings.inflight_max,
+            inflight_max_bytes=settings.inflight_max_bytes,
             probe=Backoff(settings.probe_min_s, settings.probe_max_s),
             on_rejected=self._on_rejected,
             ack=self._ack,
@@ -116,21 +125,46 @@ class BridgeService:
 
     # -- paho network thread ---------------------------------------------------------------------
     def _on_publish_batch(self, batch: list[Publish]) -> None:
-        if not self._intake_open.is_set():
-            return  # stopping: unacked, so the broker keeps them for our next session
-        self._enqueue((self.connection.generation, batch))
+        self._enqueue(batch)
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
         """A message paho decoded itself (the bulk decoder left it, or paho's own client)."""
-        if self._intake_open.is_set():
-            publish = (msg.topic, bytes(msg.payload), msg.mid, bool(msg.dup))
-            self._enqueue((self.connection.generation, [publish]))
+        self._enqueue([(msg.topic, bytes(msg.payload), msg.mid, bool(msg.dup))])
 
-    def _enqueue(self, item: tuple[int, list[Publish]]) -> None:
-        try:
-            self.queue.put_nowait(item)
-        except queue.Full:
-            self.queue.put(item)  # flow control makes this rare; wait, never drop
+    def _enqueue(self, batch: list[Publish]) -> None:
+        """Queue ``batch`` once it fits; dropped unacked (the broker keeps it for our next
+        session) when intake closes meanwhile."""
+        size = sum([len(publish[1]) for publish in batch])
+        if self._admit(len(batch), size):
+            self.queue.put_nowait((self.connection.generation, batch, size))
+
+    def _admit(self, count: int, size: int) -> bool:
+        """Wait until ``count`` messages of ``size`` bytes fit in the intake queue; take the
+        room. False when intake is closed."""
+        cap, cap_bytes = self.settings.queue_capacity, self.settings.queue_max_bytes
+        with self._room:
+            waited = False
+            while self._queued and (
+                self._queued + count > cap or self._queued_bytes + size > cap_bytes
+            ):
+                if not waited:
+                    self.metrics.intake_full.inc()
+                    waited = True
+                if not self._intake_open.is_set():
+                    return False
+                self._room.wait(0.1)
+            if not self._intake_open.is_set():
+                return False
+            self._queued += count
+            self._queued_bytes += size
+        return True
+
+    def _release(self, count: int, size: int) -> None:
+        """The pump took ``count`` messages of ``size`` bytes out of the intake queue."""
+        with self._room:
+            self._queued -= count
+            self._queued_bytes -= size
+            self._room.notify()
 
     def _on_connect(self) -> None:
         self.metrics.mqtt_up.set(1)
@@ -154,7 +188,7 @@ class BridgeService:
         except queue.Empty:
             return []
         items = [first]
-        count = len(first[1])
+        count, size = len(first[1]), first[2]
         deadline = time.monotonic() + s.group_commit_wait_ms / 1000
         while count < s.group_commit_max:
             try:
@@ -169,9 +203,11 @@ class BridgeService:
                     break
             items.append(item)
             count += len(item[1])
+            size += item[2]
+        self._release(count, size)
         records = []
         redelivered = 0
-        for generation, batch in items:
+        for generation, batch, _size in items:
             for topic, payload, mid, dup in batch:
                 record = self._record(topic, payload)
                 record.ack = (mid, generation)

@@ -90,14 +90,34 @@ class BridgeSettings(ServiceSettings):
         default_factory=ModelDeliverySettings, description="Model delivery to the box."
     )
     queue_capacity: int = Field(
-        4096, ge=1, description="Intake queue bound; at least mqtt.receive_maximum."
-    )
+        2000, ge=1,
+        description="Most MQTT messages taken in and waiting for the pump; at least "
+        "mqtt.receive_maximum. Past it paho's thread stops reading (TCP holds the broker "
+        "back; counted): the broker's window alone does not bound intake (Mosquitto 2.0 "
+        "sends a session's whole backlog once acks flow).",
+    )  # fmt: skip
+    queue_max_bytes: int = Field(
+        2 * 1024 * 1024, ge=65536,
+        description="Most payload bytes waiting in the intake queue (a batch always enters "
+        "an empty queue). 2,000 messages of ~600 bytes take 1.2 MB.",
+    )  # fmt: skip
     max_message_bytes: int = Field(
         1_000_000, ge=1024, description="Larger messages go to the dead-letter topic instead."
     )
     inflight_max: int = Field(
-        10_000, ge=100, description="Most messages handed to the Kafka producer, unacked."
-    )
+        2000, ge=100,
+        description="Most messages handed to the Kafka producer and not yet acknowledged "
+        "(direct and spooled). Each is held by Python and by librdkafka: 10,000 took a 50k "
+        "backlog through the spool to 82-94 MB peak RSS, 2,000 kept it at 76-78 MB; "
+        "replaying 1M spooled rows peaked at 72.5 MB with 10,000 and 57.5 MB with 2,000, "
+        "equally fast (tests/bench/bridge_throughput.py).",
+    )  # fmt: skip
+    inflight_max_bytes: int = Field(
+        4 * 1024 * 1024, ge=65536,
+        description="Most bytes (key + value + 64 per message) handed to the Kafka producer "
+        "and not yet acknowledged; a message larger than this goes alone. Bounds memory "
+        "when messages are large (inflight_max counts messages only).",
+    )  # fmt: skip
     deadletter_topic: str = Field("edge.deadletter", description="Kafka dead-letter topic.")
     probe_min_s: float = Field(0.5, gt=0, description="First outage probe delay.")
     probe_max_s: float = Field(30.0, gt=0, description="Longest outage probe delay.")
