@@ -280,6 +280,11 @@ class BaselineSpec(BaseModel):
     ``margin`` × the ``quantile`` of the model's scores on those readings' windows, scaled
     the device's way. Until then the device's events are scored with the spec's scaling,
     marked as warming up, and never alerts.
+
+    ``deviation_weight`` w blends the device's own deviation into the score: each input
+    value's error becomes (1 − w) × its reconstruction error + w × the same measure of the
+    value itself (device-scaled, a value is the reading's z-score against the device's
+    warm-up). 0 is the autoencoder alone; see :meth:`models.scoring.Scorer.score`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -298,6 +303,14 @@ class BaselineSpec(BaseModel):
     )
     quantile: float = Field(0.99, gt=0, le=1, description="Quantile of warm-up scores.")
     margin: float = Field(1.0, gt=0, description="Device threshold = margin × that quantile.")
+    deviation_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of the score taken from the device-scaled input itself (its "
+        "z-score against the warm-up) rather than the reconstruction error; chosen by "
+        "leave-files-out cross-validation (edgewatch-models skab-unseen --select).",
+    )
 
     def device_scaling(
         self, spec: FeatureSpec, values: npt.NDArray[np.float64]

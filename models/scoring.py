@@ -3,7 +3,9 @@
 The interpreter comes from ai_edge_litert, else tflite_runtime, else tensorflow.lite.
 A batch is quantized with the model's own input parameters, run in one ``invoke``, and
 scored against the unquantized input, so int8 saturation of an outlier still shows up as a
-large error. Batches are padded to the next of a few sizes (8, 64, 512, 4096) and each size
+large error. A model with per-device baselines may blend each input value's own size into
+its error (the baseline's ``deviation_weight``: device-scaled, that size is the reading's
+z-score against the device's warm-up). Batches are padded to the next of a few sizes (8, 64, 512, 4096) and each size
 keeps its own interpreter, so varying batch sizes never reallocate tensors. The sizes are
 far apart because an interpreter costs ~0.7 MB resident and padded rows cost microseconds.
 """
@@ -78,6 +80,8 @@ class Scorer:
         self._in_dtype = self._input["dtype"]
         self._squared = self.manifest.score.kind in ("mse", "max_feature_mse")
         self._per_feature_max = self.manifest.score.kind == "max_feature_mse"
+        baseline = self.manifest.baseline
+        self.deviation_weight = baseline.deviation_weight if baseline is not None else 0.0
 
     def _interpreter(self, bucket: int) -> Any:
         interpreter = self._by_bucket.get(bucket)
@@ -122,8 +126,20 @@ class Scorer:
         """Reconstruction error per row (the manifest's kind) and per input value."""
         if len(inputs) == 0:
             return Scores(np.empty(0, np.float32), np.empty((0, self.width), np.float32))
-        diff = inputs - self.reconstruct(inputs)
+        return self.score_reconstructed(inputs, self.reconstruct(inputs), self.deviation_weight)
+
+    def score_reconstructed(
+        self, inputs: FloatArray, reconstruction: FloatArray, deviation_weight: float
+    ) -> Scores:
+        """Scores of inputs given their reconstruction; the manifest's baseline sets the
+        weight in :meth:`score` (``deviation_weight`` w: each value's error is
+        (1 − w) × its reconstruction error + w × the same measure of the value itself)."""
+        diff = inputs - reconstruction
         errors = np.square(diff) if self._squared else np.abs(diff)
+        if deviation_weight:
+            own = np.square(inputs) if self._squared else np.abs(inputs)
+            w = np.float32(deviation_weight)
+            errors = (np.float32(1) - w) * errors + w * own.astype(np.float32)
         if self._per_feature_max:
             scores = self._per_feature(errors).max(axis=1)
         else:

@@ -1,6 +1,8 @@
 """Training an autoencoder and converting it to full-integer int8 TFLite (``train`` extra).
 
 The model learns to reconstruct normal rows only; its score is the reconstruction error.
+With ``noise`` > 0 it is a denoising autoencoder: Gaussian noise of that standard deviation
+is added to its inputs while training (never when scoring) and it learns the clean rows.
 The alert threshold is a quantile of the int8 model's scores on held-out normal rows,
 computed through :class:`models.scoring.Scorer`, the same code the edge runs.
 """
@@ -43,6 +45,8 @@ class TrainConfig:
     threshold_margin: float = 1.0
     score_kind: ScoreKind = "mse"
     representative_rows: int = 1000
+    # Denoising: std of the Gaussian noise added to training inputs (scaled units); 0 = off.
+    noise: float = 0.0
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -86,7 +90,11 @@ def build_autoencoder(width: int, config: TrainConfig) -> Any:
     if len(config.hidden) != len(config.activations):
         raise ValueError("hidden and activations must have the same length")
     inputs = keras.Input(shape=(width,), name="features")
-    x = inputs
+    x = (
+        keras.layers.GaussianNoise(config.noise, seed=config.seed)(inputs)
+        if config.noise
+        else inputs
+    )
     for i, (units, activation) in enumerate(zip(config.hidden, config.activations, strict=True)):
         regularizer = keras.regularizers.L1(config.l1_activity) if i == 0 else None
         x = keras.layers.Dense(units, activation=activation, activity_regularizer=regularizer)(x)
@@ -178,6 +186,15 @@ def _io_specs(model: bytes) -> tuple[TensorSpec, TensorSpec]:
     return specs[0], specs[1]
 
 
+def _config_record(config: TrainConfig) -> dict[str, Any]:
+    """The config as the manifest records it (``noise`` only when used, so the manifests of
+    models trained before it existed stay byte-identical)."""
+    record = {k: v for k, v in asdict(config).items() if k != "progress"}
+    if not config.noise:
+        del record["noise"]
+    return record
+
+
 def fit_model(
     spec: FeatureSpec,
     x_train: npt.NDArray[np.float32],
@@ -216,16 +233,26 @@ def fit_model(
         training={
             "train_rows": len(x_train),
             "calibration_rows": len(x_calibration),
-            "config": {k: v for k, v in asdict(config).items() if k != "progress"},
+            "config": _config_record(config),
             **(training_info or {}),
         },
         model_sha256=hashlib.sha256(int8_model).hexdigest(),
     )
+    manifest = calibrated(manifest, int8_model, x_calibration, config)
+    return TrainedModel(manifest, int8_model, float_model)
+
+
+def calibrated(
+    manifest: Manifest, int8_model: bytes, x_calibration: npt.NDArray[np.float32],
+    config: TrainConfig,
+) -> Manifest:  # fmt: skip
+    """The manifest with its threshold set on the int8 model's scores of held-out normal
+    inputs, scored as the manifest says (again after a change to how it scores)."""
     calibration_scores = Scorer(unsigned_bundle(manifest, int8_model)).score(x_calibration).scores
     quantiles = {str(q): float(np.quantile(calibration_scores, q)) for q in QUANTILES}
     quantile = float(np.quantile(calibration_scores, config.calibration_quantile))
     threshold = quantile * config.threshold_margin
-    manifest = manifest.model_copy(
+    return manifest.model_copy(
         update={
             "score": ScoreSpec(
                 kind=config.score_kind,
@@ -236,4 +263,3 @@ def fit_model(
             )
         }
     )
-    return TrainedModel(manifest, int8_model, float_model)

@@ -6,11 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from models.features import (
     MISSING_FIELD,
     NON_FINITE,
     WRONG_TYPE,
+    BaselineSpec,
     FeatureSpec,
     FieldSpec,
     WindowState,
@@ -117,3 +119,11 @@ def test_window_state_keeps_devices_apart_and_bounded() -> None:
 def test_duplicate_field_names_are_refused() -> None:
     with pytest.raises(ValueError, match="unique"):
         FeatureSpec(fields=(FieldSpec(name="a"), FieldSpec(name="a")))
+
+
+def test_baseline_deviation_weight_is_a_share_and_off_by_default() -> None:
+    assert BaselineSpec().deviation_weight == 0.0  # manifests written before it: model alone
+    assert BaselineSpec(deviation_weight=1.0).deviation_weight == 1.0
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValidationError):
+            BaselineSpec(deviation_weight=bad)

@@ -82,7 +82,7 @@ def test_shipped_sensors_model_detects_anomalies_on_machines_it_never_saw(datase
     quality = json.loads(result.stdout)
     print("unseen machines:", {k: quality[k] for k in ("precision", "recall", "f1", "events")})
     assert quality["events"] == sum(len(read_table(Path(f))) - 400 for f in files)
-    assert quality["f1"] >= 0.75  # measured 0.774; the issue asks 0.80 (see README)
+    assert quality["f1"] >= 0.80  # the issue's goal; measured 0.827 (see README)
     # The models-side figure (skab-unseen, recorded in the manifest) is the same computation.
     assert quality["f1"] == pytest.approx(manifest.metrics["f1"], abs=1e-4)
     offline = run_unseen(datasets / "skab", load_bundle(sensors, load_trusted_keys(KEY)))
