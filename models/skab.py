@@ -416,7 +416,8 @@ def add_unseen_command(sub: Any) -> None:
                         help="with --select: deviation weights to score (0 = the "
                         "autoencoder alone, 1 = z-scores alone)")  # fmt: skip
     unseen.add_argument("--folds", type=int, default=4)
-    unseen.add_argument("--window", type=int, default=UNSEEN_WINDOW, help="with --select")
+    unseen.add_argument("--window", type=int, default=UNSEEN_WINDOW,
+                        help=f"with --select (default: the shipped {UNSEEN_WINDOW})")  # fmt: skip
     unseen.add_argument("--all-files", action="store_true",
                         help="with --select: folds over all 30 files (not to choose)")  # fmt: skip
     unseen.set_defaults(run=_cmd_unseen)

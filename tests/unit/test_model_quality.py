@@ -13,7 +13,7 @@ import pytest
 from models.bundle import load_bundle, load_trusted_keys
 from models.datasets import read_table
 from models.evaluation import evaluate
-from models.skab import run_unseen
+from models.skab import UNSEEN_CANDIDATES, UnseenCandidate, run_unseen
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "models" / "bundles"
@@ -87,3 +87,12 @@ def test_shipped_sensors_model_detects_anomalies_on_machines_it_never_saw(datase
     assert quality["f1"] == pytest.approx(manifest.metrics["f1"], abs=1e-4)
     offline = run_unseen(datasets / "skab", load_bundle(sensors, load_trusted_keys(KEY)))
     assert offline["confusion"] == quality["confusion"]
+
+
+def test_selection_candidates_name_layers_and_denoising_noise() -> None:
+    assert UnseenCandidate.parse("16-4-16~0.3") == UnseenCandidate((16, 4, 16), 0.3)
+    assert UnseenCandidate.parse("8-1-8").noise == 0.0
+    assert [UnseenCandidate.parse(n).name for n in UNSEEN_CANDIDATES] == list(UNSEEN_CANDIDATES)
+    for bad in ("8-x-8", "8-1", "8-1-8~-1"):
+        with pytest.raises(ValueError, match="candidate"):
+            UnseenCandidate.parse(bad)
