@@ -188,24 +188,37 @@ def stopped_cpu_s(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> float
         time.sleep(0.05)
 
 
-def measure(stack: object, variant: str, count: int, workdir: Path) -> tuple[float, float, float]:
-    """(outputs per second, peak RSS MB, CPU µs per message) of one variant's run."""
+def spawn(args: list[str], log: Path, checkout: Path) -> subprocess.Popen[bytes]:
+    """A service process running the code of ``checkout`` (this repository by default)."""
+    if checkout == REPO:
+        return run_module(args, log)
+    handle = log.open("ab")
+    return subprocess.Popen([sys.executable, *args], stdout=handle, stderr=handle, cwd=checkout)
+
+
+def measure(
+    stack: object, variant: str, count: int, workdir: Path, checkout: Path = REPO
+) -> tuple[float, float, float]:
+    """(outputs per second, peak RSS MB, CPU µs per message) of one variant's run, with the
+    code of ``checkout``."""
     port = stack.state.mqtt_port  # type: ignore[attr-defined]
-    prefix = f"bench{variant}"
+    prefix = f"bench{variant}" + ("" if checkout == REPO else "base")
     shadow = variant == "shadow"
     rollout = f'[rollout]\nstate_dir = "{workdir / prefix}"\n{SHADOW_RULES}' if shadow else ""
     config = config_file(workdir, port, prefix, rollout=rollout)
+    script = checkout / Path(__file__).relative_to(REPO)
     args = (
         ["-m", "agent.cli", "run", "--config", str(config)]
         if variant in ("agent", "shadow")
-        else [__file__, "--serve", variant, str(config)]
+        else [str(script), "--serve", variant, str(config)]
     )
+    log = workdir / f"{prefix}.log"
     # First start creates the persistent session; messages then queue for it while it is down.
     with Counter(port, f"{prefix}/+/status/+") as status:
         status.target = 1
-        proc = run_module(args, workdir / f"{variant}.log")
+        proc = spawn(args, log, checkout)
         if not status.done.wait(60):
-            raise RuntimeError(f"{variant} did not start; see {workdir / (variant + '.log')}")
+            raise RuntimeError(f"{variant} did not start; see {log}")
     start_cpu_s = stopped_cpu_s(proc)  # start-up and shutdown, without messages
     if shadow:  # v1 was stored as serving; a configured v2 is shadowed from the first batch
         config_file(workdir, port, prefix, bundle=candidate(workdir), rollout=rollout)
@@ -215,7 +228,7 @@ def measure(stack: object, variant: str, count: int, workdir: Path) -> tuple[flo
         Counter(port, f"{prefix}/+/rollout/+") as transitions,
     ):
         scored.target = count
-        proc = run_module(args, workdir / f"{variant}.log")
+        proc = spawn(args, log, checkout)
         finished = scored.done.wait(600)
         rss = peak_rss_mb(proc.pid)
         cpu_s = stopped_cpu_s(proc)
@@ -298,6 +311,13 @@ def main() -> int:
         action="store_true",
         help="only the pipeline's cost with and without a shadow model (no broker)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also measure the agent and echo of another checkout of this repository in the "
+        "same rounds (e.g. `git archive REV | tar -x -C DIR`): a before/after in one run",
+    )
     parser.add_argument("--serve", nargs=2, metavar=("VARIANT", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -331,6 +351,12 @@ def main() -> int:
                 ("shadow_cpu_us", shadow_cpu),
             ):
                 rounds[key].append(value)
+            if args.baseline:
+                for variant in ("agent", "echo"):
+                    rate, rss, cpu = measure(stack, variant, args.count, workdir, args.baseline)
+                    rounds.setdefault(f"baseline_{variant}", []).append(rate)
+                    rounds.setdefault(f"baseline_{variant}_cpu_us", []).append(cpu)
+                    rounds.setdefault(f"baseline_{variant}_rss", []).append(rss)
         naive_rate, _, _ = measure(stack, "naive", min(args.count, 3_000), workdir)
     agent_rate, echo_rate = statistics.median(rounds["agent"]), statistics.median(rounds["echo"])
     shadow_rate = statistics.median(rounds["shadow"])
@@ -367,6 +393,17 @@ def main() -> int:
         "rounds": {key: [round(v, 1) for v in values] for key, values in rounds.items()},
         "cpus": __import__("os").cpu_count(),
     }
+    if args.baseline:
+        median = {k: statistics.median(v) for k, v in rounds.items()}
+        result["baseline"] = {
+            "checkout": str(args.baseline),
+            "agent_msgs_per_s": round(median["baseline_agent"]),
+            "echo_msgs_per_s": round(median["baseline_echo"]),
+            "agent_vs_echo": round(median["baseline_agent"] / median["baseline_echo"], 3),
+            "agent_cpu_us_per_msg": round(median["baseline_agent_cpu_us"], 1),
+            "echo_cpu_us_per_msg": round(median["baseline_echo_cpu_us"], 1),
+            "rss_mb": round(max(rounds["baseline_agent_rss"]), 1),
+        }
     print(json.dumps(result, indent=2) if args.json else result)
     return 0
 
