@@ -105,12 +105,13 @@ class BridgeSettings(ServiceSettings):
         1_000_000, ge=1024, description="Larger messages go to the dead-letter topic instead."
     )
     inflight_max: int = Field(
-        2000, ge=100,
+        4000, ge=100,
         description="Most messages handed to the Kafka producer and not yet acknowledged "
-        "(direct and spooled). Each is held by Python and by librdkafka: 10,000 took a 50k "
-        "backlog through the spool to 82-94 MB peak RSS, 2,000 kept it at 76-78 MB; "
-        "replaying 1M spooled rows peaked at 72.5 MB with 10,000 and 57.5 MB with 2,000, "
-        "equally fast (tests/bench/bridge_throughput.py).",
+        "(direct and spooled); each is held by Python and by librdkafka. Peak RSS on the "
+        "2-core box with ~620-byte messages (50k backlog; outage = 50k arriving while Kafka "
+        "is down, then 25k more while it replays): 4,000 gave 61-65 MB direct, 65-72 "
+        "spooled, 68-70 outage; 8,000 gave 66-69, 66-69, 74-75, no faster; 2,000 forwarded "
+        "a backlog slower (direct 23-45k msg/s vs 42-47k with 4,000).",
     )  # fmt: skip
     inflight_max_bytes: int = Field(
         4 * 1024 * 1024, ge=65536,
