@@ -12,9 +12,11 @@ and the harness varies by ±15 % from run to run.
 
 CPU: each service's own CPU time (user + system, from the kernel's accounting of the
 exited process) over the messages it handled, start-up and shutdown taken out (the start
-that creates the session costs the same without messages): ``*_cpu_us_per_msg``. Unlike a
-rate, it hardly moves when other work shares the box. Only Mosquitto runs (the agent never
-talks to Kafka).
+that creates the session costs the same without messages): ``*_cpu_us_per_msg``. It moves
+less than a rate when other work shares the box (one run at load 3: CPU per message ±20 %
+over the rounds, rates ±45 %), but it moves. Only Mosquitto runs (the agent never talks to
+Kafka). ``--baseline CHECKOUT`` measures another checkout's agent and echo in the same
+rounds: a before/after in one run.
 
 Shadow: the agent with a candidate in shadow for the whole run (two models score every
 batch; the candidate's results ride in the scored events), ``shadow_msgs_per_s``;
