@@ -15,9 +15,16 @@ once into ``.cache/compiled_forwarder`` and measured on the same backlog the sam
 side runs with the producer linger that was fastest for it on the 2-core box (3 rounds of a
 50k backlog): 5 ms for franz-go (51k msg/s median; 1 ms 37k, 0 26k), 1 ms for the bridge.
 Bare subscribers, bridge and compiled forwarder (and with ``--spool-only`` the bridge with
-its direct path off) alternate for ``--rounds`` rounds; their figures are medians.
+its direct path off) alternate for ``--rounds`` rounds; their figures are medians. Bridge
+and compiled swap places every round, and both first forward an unmeasured ``--warmup``
+backlog: in runs without it, whichever producer came first after Kafka started was the
+slowest of its kind (the bridge's round 1 of the README's table was the one round of three
+below the compiled forwarder).
 Replay: a spool holding ``--spooled`` rows is sent to Kafka by a bridge started on it;
-its peak RSS is measured meanwhile.
+its peak RSS is measured meanwhile. Outage: a running bridge takes ``--count`` messages
+while Kafka is stopped, then Kafka comes back while half as many more arrive; every id is
+checked in Kafka. Peak RSS (VmHWM) is reported for every mode: backlog on the direct path,
+backlog with the direct path off (``--spool-only``), replay, outage.
 """
 
 from __future__ import annotations
@@ -274,6 +281,42 @@ def naive_bridge(stack: object, count: int, workdir: Path) -> float:
         proc.wait(30)
 
 
+def outage(stack: object, count: int, workdir: Path) -> float:
+    """Kafka down while ``count`` messages arrive, back while ``count // 2`` more do: every
+    id must reach Kafka; the bridge's peak RSS."""
+    port = stack.state.mqtt_port  # type: ignore[attr-defined]
+    bootstrap = stack.state.kafka_bootstrap  # type: ignore[attr-defined]
+    from tests.conftest import load_stack_module
+
+    prefix, metrics = "benchoutage", load_stack_module().free_port()
+    config = bridge_toml(workdir, port, bootstrap, prefix, metrics)
+    proc = run_module(["-m", "bridge.cli", "run", "--config", str(config)],
+                      workdir / f"{prefix}.log")  # fmt: skip
+    try:
+        while metric(metrics, "edgewatch_bridge_mqtt_up") < 1:
+            time.sleep(0.1)
+        stack.stop_kafka()  # type: ignore[attr-defined]
+        publish(port, raw_items(prefix, count))
+        stack.start_kafka()  # type: ignore[attr-defined]
+        more = [(topic, body.replace(b'"b', b'"m', 1)) for topic, body in
+                raw_items(prefix, count // 2)]  # fmt: skip
+        publish(port, more)
+        total = count + count // 2
+        deadline = time.monotonic() + 900
+        while metric(metrics, "edgewatch_bridge_forwarded_total") < total:
+            if time.monotonic() > deadline:
+                raise RuntimeError("outage: Kafka did not acknowledge everything")
+            time.sleep(0.5)
+        rss = peak_rss_mb(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    count_in_kafka, _span = kafka_scan(bootstrap, f"{prefix}.raw", total)
+    if count_in_kafka < total:
+        raise RuntimeError(f"outage: {count_in_kafka} of {total} messages in Kafka")
+    return rss
+
+
 def fill_spool(path: Path, prefix: str, rows: int) -> None:
     spool = Spool(path, max_bytes=4 << 30, max_age_s=86400)
     template = raw_items(prefix, 1000)
@@ -295,6 +338,13 @@ def main() -> int:
     parser.add_argument("--naive-count", type=int, default=2_000)
     parser.add_argument("--spooled", type=int, default=1_000_000)
     parser.add_argument(
+        "--warmup",
+        type=int,
+        default=30_000,
+        help="backlog forwarded once by the bridge and the compiled forwarder before the "
+        "measured rounds, unmeasured (0: none)",
+    )
+    parser.add_argument(
         "--spool-only",
         action="store_true",
         help="also measure the bridge with its direct path off, each round",
@@ -315,23 +365,36 @@ def main() -> int:
         port, bootstrap = state.mqtt_port, state.kafka_bootstrap
         raw_rates, buffered_rates, bridge_rates, compiled_rates = [], [], [], []
         spool_only_rates: list[float] = []
-        bridge_rss, compiled_rss = [], []
+        bridge_rss, compiled_rss, spool_only_rss = [], [], []
+
+        def bridge_on_backlog(name: str, count: int) -> tuple[float, float]:
+            metrics = free_port()
+            config = bridge_toml(workdir, port, bootstrap, name, metrics)
+            rss_ = run_bridge_until(config, metrics, workdir, name, count,
+                                    preload=(port, raw_items(name, count)))  # fmt: skip
+            return rate_in_kafka(bootstrap, f"{name}.raw", count, "bridge"), rss_
+
+        if args.warmup:  # Kafka's JIT and page cache: the first producer of a run was slower
+            bridge_on_backlog("warmbridge", args.warmup)
+            compiled_forwarder(stack, binary, args.warmup, workdir, "warmcompiled")
         for round_ in range(args.rounds):  # alternating, so drift hits all alike
             raw_rates.append(bare_subscriber(stack, args.count, paho.Client))
             buffered_rates.append(bare_subscriber(stack, args.count, BufferedClient))
-            prefix, metrics = f"benchbridge{round_}", free_port()
-            config = bridge_toml(workdir, port, bootstrap, prefix, metrics)
-            bridge_rss.append(run_bridge_until(config, metrics, workdir, prefix, args.count,
-                              preload=(port, raw_items(prefix, args.count))))  # fmt: skip
-            bridge_rates.append(rate_in_kafka(bootstrap, f"{prefix}.raw", args.count, "bridge"))
-            rate, rss_ = compiled_forwarder(stack, binary, args.count, workdir, f"compiled{round_}")
-            compiled_rates.append(rate)
-            compiled_rss.append(rss_)
+            for side in ("bridge", "compiled")[:: 1 if round_ % 2 == 0 else -1]:
+                if side == "bridge":
+                    rate, rss_ = bridge_on_backlog(f"benchbridge{round_}", args.count)
+                    bridge_rates.append(rate)
+                    bridge_rss.append(rss_)
+                else:
+                    rate, rss_ = compiled_forwarder(stack, binary, args.count, workdir,
+                                                    f"compiled{round_}")  # fmt: skip
+                    compiled_rates.append(rate)
+                    compiled_rss.append(rss_)
             if args.spool_only:  # the bridge with its direct path off: every message spooled
                 prefix, metrics = f"benchspooled{round_}", free_port()
                 config = bridge_toml(workdir, port, bootstrap, prefix, metrics, direct=False)
-                run_bridge_until(config, metrics, workdir, prefix, args.count,
-                                 preload=(port, raw_items(prefix, args.count)))  # fmt: skip
+                spool_only_rss.append(run_bridge_until(config, metrics, workdir, prefix,
+                    args.count, preload=(port, raw_items(prefix, args.count))))  # fmt: skip
                 spool_only_rates.append(rate_in_kafka(bootstrap, f"{prefix}.raw", args.count,
                                                       "spool-only bridge"))  # fmt: skip
         raw_rate, bridge_rate = statistics.median(raw_rates), statistics.median(bridge_rates)
@@ -339,6 +402,7 @@ def main() -> int:
         compiled_rate = statistics.median(compiled_rates)
 
         naive_rate = naive_bridge(stack, args.naive_count, workdir)
+        outage_rss = outage(stack, args.count, workdir)
 
         prefix, metrics = "benchreplay", free_port()
         config = bridge_toml(workdir, port, bootstrap, prefix, metrics)
@@ -355,6 +419,7 @@ def main() -> int:
         "rss_mb_spooled": round(rss, 1),
         "bridge_peak_rss_mb": round(max(bridge_rss), 1),
         "compiled_peak_rss_mb": round(max(compiled_rss), 1),
+        "outage_peak_rss_mb": round(outage_rss, 1),
         "bridge_vs_raw_sub": round(bridge_rate / raw_rate, 3),
         "bridge_vs_buffered_sub": round(bridge_rate / buffered_rate, 3),
         "bridge_vs_compiled": round(bridge_rate / compiled_rate, 3),
@@ -374,6 +439,8 @@ def main() -> int:
             {
                 "spool_only_msgs_per_s": round(statistics.median(spool_only_rates)),
                 "rounds_spool_only": [round(r) for r in spool_only_rates],
+                "spool_only_peak_rss_mb": round(max(spool_only_rss), 1),
+                "rounds_spool_only_peak_rss_mb": [round(r, 1) for r in spool_only_rss],
             }
             if spool_only_rates
             else {}
