@@ -5,9 +5,10 @@ A batch is quantized with the model's own input parameters, run in one ``invoke`
 scored against the unquantized input, so int8 saturation of an outlier still shows up as a
 large error. A model with per-device baselines may blend each input value's own size into
 its error (the baseline's ``deviation_weight``: device-scaled, that size is the reading's
-z-score against the device's warm-up). Batches are padded to the next of a few sizes (8, 64, 512, 4096) and each size
-keeps its own interpreter, so varying batch sizes never reallocate tensors. The sizes are
-far apart because an interpreter costs ~0.7 MB resident and padded rows cost microseconds.
+z-score against the device's warm-up). Batches are padded to the next of a few sizes (8,
+64, 512, 4096) and each size keeps its own interpreter, so varying batch sizes never
+reallocate tensors. The sizes are far apart because an interpreter costs ~0.7 MB resident
+and padded rows cost microseconds.
 """
 
 from __future__ import annotations
