@@ -25,6 +25,9 @@ its peak RSS is measured meanwhile. Outage: a running bridge takes ``--count`` m
 while Kafka is stopped, then Kafka comes back while half as many more arrive; every id is
 checked in Kafka. Peak RSS (VmHWM) is reported for every mode: backlog on the direct path,
 backlog with the direct path off (``--spool-only``), replay, outage.
+``--baseline CHECKOUT`` runs another checkout's bridge (e.g. a ``git worktree`` of an older
+commit) through every bridge measurement of the same run, in turn with this one: a
+before/after in one run, under the same load (``baseline`` in the JSON).
 """
 
 from __future__ import annotations
@@ -143,21 +146,27 @@ def bare_subscriber(stack: object, count: int, client_class: type[paho.Client]) 
     return counter.rate()
 
 
+def start_bridge(config: Path, log: Path, checkout: Path = REPO) -> subprocess.Popen[bytes]:
+    """``edgewatch-bridge run`` of ``checkout`` (its own ``bridge`` and ``plumbing``)."""
+    handle = log.open("ab")
+    return subprocess.Popen([sys.executable, "-m", "bridge.cli", "run", "--config", str(config)],
+                            stdout=handle, stderr=handle, cwd=checkout)  # fmt: skip
+
+
 def run_bridge_until(  # noqa: PLR0917 - a benchmark step
     config: Path, metrics: int, workdir: Path, name: str, target: int,
-    preload: tuple[int, list] | None = None,
+    preload: tuple[int, list] | None = None, checkout: Path = REPO,
 ) -> float:  # fmt: skip
     """Start the bridge, (optionally) stop it, preload, restart; wait until it forwarded
     ``target`` messages; its peak RSS."""
-    args = ["-m", "bridge.cli", "run", "--config", str(config)]
     if preload is not None:
-        proc = run_module(args, workdir / f"{name}.log")
+        proc = start_bridge(config, workdir / f"{name}.log", checkout)
         while metric(metrics, "edgewatch_bridge_mqtt_up") < 1:
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         publish(*preload)
-    proc = run_module(args, workdir / f"{name}.log")
+    proc = start_bridge(config, workdir / f"{name}.log", checkout)
     deadline = time.monotonic() + 900
     while metric(metrics, "edgewatch_bridge_forwarded_total") < target:
         if time.monotonic() > deadline:
@@ -281,17 +290,16 @@ def naive_bridge(stack: object, count: int, workdir: Path) -> float:
         proc.wait(30)
 
 
-def outage(stack: object, count: int, workdir: Path) -> float:
+def outage(stack: object, count: int, workdir: Path, prefix: str, checkout: Path = REPO) -> float:
     """Kafka down while ``count`` messages arrive, back while ``count // 2`` more do: every
     id must reach Kafka; the bridge's peak RSS."""
     port = stack.state.mqtt_port  # type: ignore[attr-defined]
     bootstrap = stack.state.kafka_bootstrap  # type: ignore[attr-defined]
     from tests.conftest import load_stack_module
 
-    prefix, metrics = "benchoutage", load_stack_module().free_port()
+    metrics = load_stack_module().free_port()
     config = bridge_toml(workdir, port, bootstrap, prefix, metrics)
-    proc = run_module(["-m", "bridge.cli", "run", "--config", str(config)],
-                      workdir / f"{prefix}.log")  # fmt: skip
+    proc = start_bridge(config, workdir / f"{prefix}.log", checkout)
     try:
         while metric(metrics, "edgewatch_bridge_mqtt_up") < 1:
             time.sleep(0.1)
@@ -349,6 +357,11 @@ def main() -> int:
         action="store_true",
         help="also measure the bridge with its direct path off, each round",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout whose bridge runs every bridge measurement too, in turn",
+    )
     parser.add_argument("--serve-naive", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_naive:
@@ -367,48 +380,71 @@ def main() -> int:
         spool_only_rates: list[float] = []
         bridge_rss, compiled_rss, spool_only_rss = [], [], []
 
-        def bridge_on_backlog(name: str, count: int) -> tuple[float, float]:
+        base: dict[str, list[float]] = {}  # the --baseline checkout's figures
+
+        def bridge_on_backlog(name: str, count: int, checkout: Path = REPO,
+                              direct: bool = True) -> tuple[float, float]:  # fmt: skip
             metrics = free_port()
-            config = bridge_toml(workdir, port, bootstrap, name, metrics)
+            config = bridge_toml(workdir, port, bootstrap, name, metrics, direct=direct)
             rss_ = run_bridge_until(config, metrics, workdir, name, count,
-                                    preload=(port, raw_items(name, count)))  # fmt: skip
-            return rate_in_kafka(bootstrap, f"{name}.raw", count, "bridge"), rss_
+                                    preload=(port, raw_items(name, count)),
+                                    checkout=checkout)  # fmt: skip
+            return rate_in_kafka(bootstrap, f"{name}.raw", count, name), rss_
 
         if args.warmup:  # Kafka's JIT and page cache: the first producer of a run was slower
             bridge_on_backlog("warmbridge", args.warmup)
             compiled_forwarder(stack, binary, args.warmup, workdir, "warmcompiled")
+        sides = ["bridge", "compiled", *(["baseline"] if args.baseline else [])]
         for round_ in range(args.rounds):  # alternating, so drift hits all alike
             raw_rates.append(bare_subscriber(stack, args.count, paho.Client))
             buffered_rates.append(bare_subscriber(stack, args.count, BufferedClient))
-            for side in ("bridge", "compiled")[:: 1 if round_ % 2 == 0 else -1]:
+            turn = round_ % len(sides)  # who goes first changes every round
+            for side in sides[turn:] + sides[:turn]:
                 if side == "bridge":
                     rate, rss_ = bridge_on_backlog(f"benchbridge{round_}", args.count)
                     bridge_rates.append(rate)
                     bridge_rss.append(rss_)
-                else:
+                elif side == "compiled":
                     rate, rss_ = compiled_forwarder(stack, binary, args.count, workdir,
                                                     f"compiled{round_}")  # fmt: skip
                     compiled_rates.append(rate)
                     compiled_rss.append(rss_)
+                else:
+                    rate, rss_ = bridge_on_backlog(f"basebridge{round_}", args.count,
+                                                   args.baseline)  # fmt: skip
+                    base.setdefault("bridge", []).append(rate)
+                    base.setdefault("bridge_rss", []).append(rss_)
             if args.spool_only:  # the bridge with its direct path off: every message spooled
-                prefix, metrics = f"benchspooled{round_}", free_port()
-                config = bridge_toml(workdir, port, bootstrap, prefix, metrics, direct=False)
-                spool_only_rss.append(run_bridge_until(config, metrics, workdir, prefix,
-                    args.count, preload=(port, raw_items(prefix, args.count))))  # fmt: skip
-                spool_only_rates.append(rate_in_kafka(bootstrap, f"{prefix}.raw", args.count,
-                                                      "spool-only bridge"))  # fmt: skip
+                rate, rss_ = bridge_on_backlog(f"benchspooled{round_}", args.count, direct=False)
+                spool_only_rates.append(rate)
+                spool_only_rss.append(rss_)
+                if args.baseline:
+                    rate, rss_ = bridge_on_backlog(f"basespooled{round_}", args.count,
+                                                   args.baseline, direct=False)  # fmt: skip
+                    base.setdefault("spool_only", []).append(rate)
+                    base.setdefault("spool_only_rss", []).append(rss_)
         raw_rate, bridge_rate = statistics.median(raw_rates), statistics.median(bridge_rates)
         buffered_rate = statistics.median(buffered_rates)
         compiled_rate = statistics.median(compiled_rates)
 
         naive_rate = naive_bridge(stack, args.naive_count, workdir)
-        outage_rss = outage(stack, args.count, workdir)
+        outage_rss = outage(stack, args.count, workdir, "benchoutage")
+        if args.baseline:
+            base["outage_rss"] = [outage(stack, args.count, workdir, "baseoutage", args.baseline)]
 
         prefix, metrics = "benchreplay", free_port()
         config = bridge_toml(workdir, port, bootstrap, prefix, metrics)
         fill_spool(workdir / f"{prefix}.db", prefix, args.spooled)
         rss = run_bridge_until(config, metrics, workdir, "replay", args.spooled)
         replay_rate = rate_in_kafka(bootstrap, f"{prefix}.raw", args.spooled, "replay")
+        if args.baseline:
+            prefix, metrics = "basereplay", free_port()
+            config = bridge_toml(workdir, port, bootstrap, prefix, metrics)
+            fill_spool(workdir / f"{prefix}.db", prefix, args.spooled)
+            rss_ = run_bridge_until(config, metrics, workdir, prefix, args.spooled,
+                                    checkout=args.baseline)  # fmt: skip
+            base["replay_rss"] = [rss_]
+            base["replay"] = [rate_in_kafka(bootstrap, f"{prefix}.raw", args.spooled, prefix)]
     result = {
         "bridge_msgs_per_s": round(bridge_rate),
         "raw_sub_msgs_per_s": round(raw_rate),
@@ -446,6 +482,23 @@ def main() -> int:
             else {}
         ),
     }
+    if args.baseline:
+        result["baseline"] = {
+            "checkout": str(args.baseline),
+            "bridge_msgs_per_s": round(statistics.median(base["bridge"])),
+            "bridge_vs_compiled": round(statistics.median(base["bridge"]) / compiled_rate, 3),
+            "bridge_peak_rss_mb": round(max(base["bridge_rss"]), 1),
+            "outage_peak_rss_mb": round(base["outage_rss"][0], 1),
+            "replay_msgs_per_s": round(base["replay"][0]),
+            "rss_mb_spooled": round(base["replay_rss"][0], 1),
+            "rounds": {"bridge": [round(r) for r in base["bridge"]],
+                       "bridge_peak_rss_mb": [round(r, 1) for r in base["bridge_rss"]]},
+            **({"spool_only_msgs_per_s": round(statistics.median(base["spool_only"])),
+                "spool_only_peak_rss_mb": round(max(base["spool_only_rss"]), 1),
+                "rounds_spool_only": [round(r) for r in base["spool_only"]],
+                "rounds_spool_only_peak_rss_mb": [round(r, 1) for r in base["spool_only_rss"]]}
+               if "spool_only" in base else {}),
+        }  # fmt: skip
     print(json.dumps(result, indent=2) if args.json else result)
     return 0
 
