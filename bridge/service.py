@@ -12,8 +12,8 @@ does not fit, paho's network thread waits until the pump took enough (counted:
 ``edgewatch_bridge_intake_full_total``); meanwhile it reads nothing, so TCP flow control
 holds the broker back. The bridge cannot leave this to the broker: Mosquitto 2.0 sends a
 persistent session's whole backlog once the first PUBACK arrives, whatever
-``mqtt.receive_maximum`` says (see bridge.forwarder), and a 50k backlog then peaked at
-87.5 MB RSS with everything in the process at once.
+``mqtt.receive_maximum`` says (see bridge.forwarder), and a 50k backlog then came into
+the process at once: peak RSS up to 99 MB on the direct path, 103 MB through the spool.
 """
 
 from __future__ import annotations
@@ -134,9 +134,10 @@ class BridgeService:
     def _enqueue(self, batch: list[Publish]) -> None:
         """Queue ``batch`` once it fits; dropped unacked (the broker keeps it for our next
         session) when intake closes meanwhile."""
+        generation = self.connection.generation  # of the connection that delivered it
         size = sum([len(publish[1]) for publish in batch])
         if self._admit(len(batch), size):
-            self.queue.put_nowait((self.connection.generation, batch, size))
+            self.queue.put_nowait((generation, batch, size))
 
     def _admit(self, count: int, size: int) -> bool:
         """Wait until ``count`` messages of ``size`` bytes fit in the intake queue; take the
