@@ -64,12 +64,16 @@ from plumbing.mqtt import MqttConnection
 from plumbing.paho_io import BufferedClient
 from plumbing.settings import MqttSettings
 
+PAYLOAD = {"pad": 0}  # --payload-pad: characters of filler added to every raw message
+
 
 def raw_items(prefix: str, count: int) -> list[tuple[str, bytes]]:
+    """``count`` raw payments of 16 devices: ~216-byte JSON, plus ``--payload-pad``."""
     out = []
+    pad = {"note": "p" * PAYLOAD["pad"]} if PAYLOAD["pad"] else {}
     for i in range(count):
         body = {"event_id": f"b{i}", "ts": 1.7e9 + i, "amount": i % 500 + 0.5,
-                **{f"V{k}": round((i * k) % 97 / 10, 2) for k in range(1, 15)}}  # fmt: skip
+                **{f"V{k}": round((i * k) % 97 / 10, 2) for k in range(1, 15)}, **pad}  # fmt: skip
         out.append((f"{prefix}/dev{i % 16}/raw/payments", json.dumps(body).encode()))
     return out
 
@@ -362,8 +366,15 @@ def main() -> int:
         type=Path,
         help="another checkout whose bridge runs every bridge measurement too, in turn",
     )
+    parser.add_argument(
+        "--payload-pad",
+        type=int,
+        default=0,
+        help="characters of filler added to every raw message (400: ~620-byte payloads)",
+    )
     parser.add_argument("--serve-naive", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    PAYLOAD["pad"] = args.payload_pad
     if args.serve_naive:
         serve_naive(int(args.serve_naive[0]), args.serve_naive[1], args.serve_naive[2])
         return 0
@@ -462,6 +473,7 @@ def main() -> int:
         "bridge_vs_naive": round(bridge_rate / naive_rate, 1),
         "verified_in_kafka": args.count,  # rate_in_kafka raised unless every id arrived
         "messages": args.count,
+        "payload_bytes": round(sum(len(body) for _, body in raw_items("p", 100)) / 100),
         "spooled": args.spooled,
         "rounds": {
             "bridge": [round(r) for r in bridge_rates],
