@@ -342,6 +342,12 @@ def fill_spool(path: Path, prefix: str, rows: int) -> None:
     spool.close()
 
 
+def remove_spools(workdir: Path) -> None:
+    """The run's spool files (with 1M-row replays: gigabytes); its logs stay."""
+    for spool in workdir.glob("*.db*"):
+        spool.unlink()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", action="store_true")
@@ -511,6 +517,7 @@ def main() -> int:
                 "rounds_spool_only_peak_rss_mb": [round(r, 1) for r in base["spool_only_rss"]]}
                if "spool_only" in base else {}),
         }  # fmt: skip
+    remove_spools(workdir)
     print(json.dumps(result, indent=2) if args.json else result)
     return 0
 
