@@ -554,18 +554,24 @@ def _cancel_job(flink_rest: str, job_id: str) -> None:
 
 
 def _quick_rollout() -> str:
-    """Rollout rules for a demo box: judge a candidate on a few hundred events, not minutes.
+    """Rollout rules for a demo box: judge a candidate on 2,000 events (seconds at the
+    feeder's rate), not minutes, and accept a looser rank agreement than a fleet's default.
 
-    Written only where the agent runs rollouts (shadow → promotion); elsewhere a newer
-    signed version replaces the current one on arrival.
+    The loop's challenger is retrained on the few thousand rows the stream carried, so it
+    orders ordinary payments less like the champion than a full retrain does: one such
+    challenger against the shipped model on creditcard_head.csv gave Spearman 0.85 over the
+    whole file but 0.71 at the 5th percentile of 300-event stretches and 0.76 at the
+    lowest of 2,000-event ones, so the default floor of 0.8 rejected it at random (once in
+    a CI run). Written only where the agent runs rollouts (shadow → promotion); elsewhere a
+    newer signed version replaces the current one on arrival.
     """
     from agent.settings import AgentSettings
 
     if "rollout" not in AgentSettings.model_fields:
         return ""
     return (
-        "[rollout.rules]\nshadow_events = 300\nshadow_s = 0\nprobation_events = 0\n"
-        "probation_s = 0\n"
+        "[rollout.rules]\nshadow_events = 2000\nshadow_s = 0\nprobation_events = 0\n"
+        "probation_s = 0\nmin_rank_correlation = 0.6\n"
     )
 
 
