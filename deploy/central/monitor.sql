@@ -49,6 +49,7 @@ CREATE TEMPORARY TABLE scored (
     'connector' = 'kafka',
     'topic-pattern' = '${scored_topic_pattern}',
     'properties.bootstrap.servers' = '${bootstrap_servers}',
+    ${kafka_client_options}
     'properties.group.id' = '${group_id}',
     'properties.isolation.level' = 'read_committed',
     'scan.startup.mode' = 'group-offsets',
@@ -73,6 +74,7 @@ CREATE TEMPORARY TABLE deadletter (
     'connector' = 'kafka',
     'topic' = '${deadletter_topic}',
     'properties.bootstrap.servers' = '${bootstrap_servers}',
+    ${kafka_client_options}
     'properties.group.id' = '${group_id}',
     'properties.isolation.level' = 'read_committed',
     'scan.startup.mode' = 'group-offsets',
@@ -99,6 +101,7 @@ CREATE TEMPORARY TABLE monitoring (
     'connector' = 'kafka',
     'topic' = '${monitoring_topic}',
     'properties.bootstrap.servers' = '${bootstrap_servers}',
+    ${kafka_client_options}
     'key.format' = 'raw',
     'key.fields' = 'node',
     'value.format' = 'json',

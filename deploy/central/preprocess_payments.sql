@@ -49,6 +49,7 @@ CREATE TEMPORARY TABLE raw_payments (
     'connector' = 'kafka',
     'topic' = '${raw_payments_topic}',
     'properties.bootstrap.servers' = '${bootstrap_servers}',
+    ${kafka_client_options}
     'properties.group.id' = '${group_id}',
     'properties.isolation.level' = 'read_committed',
     'scan.startup.mode' = 'group-offsets',
@@ -70,6 +71,7 @@ CREATE TEMPORARY TABLE labels (
     'connector' = 'kafka',
     'topic' = '${labels_topic}',
     'properties.bootstrap.servers' = '${bootstrap_servers}',
+    ${kafka_client_options}
     'properties.group.id' = '${group_id}',
     'properties.isolation.level' = 'read_committed',
     'scan.startup.mode' = 'group-offsets',
@@ -96,6 +98,7 @@ CREATE TEMPORARY TABLE train_payments (
     'connector' = 'kafka',
     'topic' = '${train_payments_topic}',
     'properties.bootstrap.servers' = '${bootstrap_servers}',
+    ${kafka_client_options}
     'key.format' = 'raw',
     'key.fields' = 'device',
     'value.format' = 'json',

@@ -39,6 +39,7 @@ CREATE TEMPORARY TABLE raw_sensors (
     'connector' = 'kafka',
     'topic' = '${raw_sensors_topic}',
     'properties.bootstrap.servers' = '${bootstrap_servers}',
+    ${kafka_client_options}
     'properties.group.id' = '${group_id}',
     'properties.isolation.level' = 'read_committed',
     'scan.startup.mode' = 'group-offsets',
@@ -66,6 +67,7 @@ CREATE TEMPORARY TABLE train_sensors (
     'connector' = 'kafka',
     'topic' = '${train_sensors_topic}',
     'properties.bootstrap.servers' = '${bootstrap_servers}',
+    ${kafka_client_options}
     'key.format' = 'raw',
     'key.fields' = 'device',
     'value.format' = 'json',

@@ -33,6 +33,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BOX_USER = "edge-box"
+CENTRAL_USER = "edgewatch-central"
 SCRAM = "SCRAM-SHA-512"
 
 
@@ -167,6 +168,42 @@ class SecureStack(_stack_module().Stack):  # type: ignore[misc]
 
 def grant_box(bootstrap: str, user: str = BOX_USER) -> None:
     """ACLs of a box: write edge.*, read edge.models, its consumer groups; nothing else."""
+    _allow(bootstrap, user, [
+        ("TOPIC", "edge.", "PREFIXED", "WRITE"), ("TOPIC", "edge.", "PREFIXED", "DESCRIBE"),
+        ("TOPIC", "edge.models", "LITERAL", "READ"),
+        ("GROUP", "edgewatch-bridge", "PREFIXED", "READ"),
+    ])  # fmt: skip
+
+
+def grant_central(bootstrap: str, password: str, user: str = CENTRAL_USER) -> None:
+    """A SCRAM login and the ACLs of the central jobs: read edge.*, write train.* and
+    edge.monitoring, their consumer groups and transactional ids (edgewatch-central*)."""
+    from confluent_kafka.admin import (
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    login = UserScramCredentialUpsertion(
+        user, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), password.encode()
+    )
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.alter_user_scram_credentials([login]).values():
+        future.result(timeout=30)
+    _allow(bootstrap, user, [
+        ("TOPIC", "edge.", "PREFIXED", "READ"), ("TOPIC", "edge.", "PREFIXED", "DESCRIBE"),
+        ("TOPIC", "train.", "PREFIXED", "WRITE"), ("TOPIC", "train.", "PREFIXED", "DESCRIBE"),
+        ("TOPIC", "edge.monitoring", "LITERAL", "WRITE"),
+        ("GROUP", "edgewatch-central", "PREFIXED", "READ"),
+        ("TRANSACTIONAL_ID", "edgewatch-central", "PREFIXED", "WRITE"),
+    ])  # fmt: skip
+
+
+def _allow(bootstrap: str, user: str, grants: list[tuple[str, str, str, str]]) -> None:
+    """ALLOW ACLs (resource type, name, pattern type, operation) for ``user`` from any
+    host, waited for until the broker's authorizer has them (the controller has them once
+    created)."""
     from confluent_kafka.admin import (
         AclBinding,
         AclBindingFilter,
@@ -178,18 +215,14 @@ def grant_box(bootstrap: str, user: str = BOX_USER) -> None:
     )
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    principal, allow, host = f"User:{user}", AclPermissionType.ALLOW, "*"
-    topic, group = ResourceType.TOPIC, ResourceType.GROUP
-    prefixed, literal = ResourcePatternType.PREFIXED, ResourcePatternType.LITERAL
+    principal, allow = f"User:{user}", AclPermissionType.ALLOW
     bindings = [
-        AclBinding(topic, "edge.", prefixed, principal, host, AclOperation.WRITE, allow),
-        AclBinding(topic, "edge.", prefixed, principal, host, AclOperation.DESCRIBE, allow),
-        AclBinding(topic, "edge.models", literal, principal, host, AclOperation.READ, allow),
-        AclBinding(group, "edgewatch-bridge", prefixed, principal, host, AclOperation.READ, allow),
-    ]
+        AclBinding(ResourceType[kind], name, ResourcePatternType[pattern], principal, "*",
+                   AclOperation[operation], allow)
+        for kind, name, pattern, operation in grants
+    ]  # fmt: skip
     for future in admin.create_acls(bindings).values():
         future.result(timeout=30)
-    # The controller has them now; wait until the broker's authorizer does too.
     wanted = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,
                               AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
     deadline = time.monotonic() + 30

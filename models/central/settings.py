@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from plumbing.settings import KafkaSettings, ServiceSettings, StrictModel
 
@@ -129,6 +129,57 @@ class CentralEngineSettings(StrictModel):
         return value
 
 
+# flink-sql-connector-kafka relocates the Kafka client; JAAS names its classes.
+SHADED_KAFKA = "org.apache.flink.kafka.shaded.org.apache.kafka"
+
+
+def kafka_client_options(kafka: KafkaSettings) -> str:
+    """``kafka``'s security as option lines of a Kafka table's WITH clause (one per line,
+    each ending in a comma; empty for PLAINTEXT): the Java client properties the Flink
+    Kafka connector passes through.
+
+    The SASL password travels in the statement to the engine, so a job's credentials should
+    be a principal of the centre's own with ACLs for the jobs' topics only. A client
+    certificate is refused: the Java client wants key and chain in one key store, which
+    these settings (the bridge's two PEM files) do not describe.
+    """
+    if kafka.ssl_certificate_location is not None or kafka.ssl_key_location is not None:
+        raise ValueError(
+            "kafka.ssl_certificate_location / ssl_key_location: the central jobs do not "
+            "support TLS client certificates; use SASL (or set "
+            "[central.variables] kafka_client_options yourself)"
+        )
+    options: dict[str, str] = {}
+    if kafka.security_protocol != "PLAINTEXT":
+        options["security.protocol"] = kafka.security_protocol
+    if kafka.security_protocol.startswith("SASL"):
+        assert kafka.sasl_mechanism is not None  # checked by KafkaSettings
+        assert kafka.sasl_username is not None
+        assert kafka.sasl_password is not None
+        kind = "plain.PlainLoginModule" if kafka.sasl_mechanism == "PLAIN" else (
+            "scram.ScramLoginModule")  # fmt: skip
+        module = f"{SHADED_KAFKA}.common.security.{kind}"
+        options["sasl.mechanism"] = kafka.sasl_mechanism
+        options["sasl.jaas.config"] = (
+            f'{module} required username="{_jaas_quoted(kafka.sasl_username)}" '
+            f'password="{_jaas_quoted(kafka.sasl_password.get_secret_value())}";'
+        )
+    if kafka.ssl_ca_location is not None:
+        options["ssl.truststore.type"] = "PEM"
+        options["ssl.truststore.location"] = str(kafka.ssl_ca_location)
+    return "".join(
+        f"\n    'properties.{key}' = '{_sql_quoted(value)}'," for key, value in options.items()
+    )
+
+
+def _jaas_quoted(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _sql_quoted(value: str) -> str:
+    return value.replace("'", "''")
+
+
 class CentralSettings(ServiceSettings):
     """``central.toml`` as ``edgewatch-central`` reads it."""
 
@@ -146,6 +197,12 @@ class CentralSettings(ServiceSettings):
         default_factory=dict,
         description="Retraining ([retrain]); read and checked by `edgewatch-models retrain`.",
     )
+
+    @model_validator(mode="after")
+    def _jobs_can_connect(self) -> Self:
+        if "kafka_client_options" not in self.central.variables:
+            kafka_client_options(self.kafka)  # refuses what the jobs cannot do, at load time
+        return self
 
     def job_variables(self, job: str) -> dict[str, str]:
         """The ${name} values for job file ``job`` (see the module docstring)."""
@@ -169,6 +226,8 @@ class CentralSettings(ServiceSettings):
             "train_payments_topic": f"{train}.payments",
             "train_sensors_topic": f"{train}.sensors",
         }
+        if "kafka_client_options" not in c.variables:
+            derived["kafka_client_options"] = kafka_client_options(self.kafka)
         return derived | c.variables
 
     def summary(self) -> list[str]:

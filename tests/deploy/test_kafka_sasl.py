@@ -11,16 +11,20 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import secrets
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer
 
 from bridge.settings import BridgeSettings
+from models.central.jobs import Jobs
+from models.central.settings import CentralSettings
 from plumbing.settings import KafkaSettings
 from tests.integration.harness import (
     Collector,
@@ -38,6 +42,8 @@ import kafka_sasl  # noqa: E402
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 DENIED_TOPIC = "central.raw.payments"
+SENSOR_CHANNELS = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure",
+                   "Temperature", "Thermocouple", "Voltage", "Volume Flow RateRMS"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +225,43 @@ def _online(config: Path) -> bool:
 
 def _ids(records: list) -> set[str]:
     return {json.loads(r.value()).get("event_id") for r in records}
+
+
+@pytest.mark.central
+def test_central_jobs_run_over_sasl_ssl_as_their_own_principal(
+    secure: kafka_sasl.SecureStack, central_stack: Any, tmp_path: Path
+) -> None:
+    """preprocess_sensors on the engine, reading and writing (in transactions) through the
+    SASL_SSL listener with the centre's SCRAM login and ACLs (``grant_central``)."""
+    centre = secure.state.kafka_bootstrap
+    kafka_sasl.create_topics(centre, ["train.sensors"])
+    password = secrets.token_urlsafe(12) + "'\""  # quotes survive SQL and JAAS quoting
+    kafka_sasl.grant_central(centre, password)
+    settings = CentralSettings(
+        kafka={**secure.box_kafka_settings(), "sasl_username": kafka_sasl.CENTRAL_USER,
+               "sasl_password": password},
+        central={"sql_gateway": central_stack.state.sql_gateway,
+                 "flink_rest": central_stack.state.flink_rest,
+                 "checkpoint_dir": tmp_path / "checkpoints", "checkpoint_interval": "2 s"},
+    )  # fmt: skip
+    assert settings.kafka.bootstrap_servers == secure.sasl_bootstrap
+    producer = Producer({"bootstrap.servers": centre})
+    for i in range(3):
+        reading = {"event_id": f"s{i}", "ts": 1_796_000_000.0 + i,
+                   **{name: float(i) for name in SENSOR_CHANNELS}}  # fmt: skip
+        headers = [("mqtt_topic", b"edge/pump-7/raw/sensors"), ("node_id", b"box-1"),
+                   ("event_id", f"s{i}".encode())]  # fmt: skip
+        producer.produce("edge.raw.sensors", key=b"pump-7", value=json.dumps(reading).encode(),
+                         headers=headers)  # fmt: skip
+    assert producer.flush(30) == 0
+
+    jobs = Jobs(settings)
+    jobs.submit("preprocess_sensors", resume=False)
+    try:
+        records = consume(centre, ["train.sensors"], until=lambda r: len(_ids(r)) >= 3,
+                          timeout_s=180)  # fmt: skip
+    finally:
+        run = jobs.status(["preprocess_sensors"])["preprocess_sensors"]
+        failure = run and jobs.last_failure(run.job_id)  # e.g. a refused login, for the report
+        jobs.down(["preprocess_sensors"])
+    assert _ids(records) == {"s0", "s1", "s2"}, f"job's last failure: {failure}"

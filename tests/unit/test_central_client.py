@@ -237,6 +237,53 @@ def test_job_variables_derive_topics_groups_and_transactional_ids(
     assert variables["monitoring_topic"] == "mon"  # [central.variables] wins
 
 
+def _kafka_tables(settings: CentralSettings, name: str) -> list[str]:
+    path = REPO_JOBS / f"{name}.sql"
+    job = parse_job(name, path, path.read_text(), settings.job_variables(name))
+    return [s for s in job.statements if "'connector' = 'kafka'" in s]
+
+
+def test_kafka_tables_carry_the_clusters_security_settings() -> None:
+    plain = CentralSettings()
+    assert plain.job_variables("monitor")["kafka_client_options"] == ""
+    assert not any("security" in t for t in _kafka_tables(plain, "monitor"))
+
+    password = 'it\'s \\a "secret"'
+    secured = CentralSettings(kafka={
+        "bootstrap_servers": "k1:9093", "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "central",
+        "sasl_password": password, "ssl_ca_location": "/etc/edgewatch/kafka-ca.pem",
+    })  # fmt: skip
+    for name in secured.central.jobs:
+        tables = _kafka_tables(secured, name)
+        assert tables
+        for table in tables:
+            assert "'properties.security.protocol' = 'SASL_SSL'," in table
+            assert "'properties.sasl.mechanism' = 'SCRAM-SHA-512'," in table
+            assert "'properties.ssl.truststore.type' = 'PEM'," in table
+            assert "'properties.ssl.truststore.location' = '/etc/edgewatch/kafka-ca.pem'," in table
+            (jaas,) = [line for line in table.splitlines() if "sasl.jaas.config" in line]
+            # SQL doubles single quotes, JAAS escapes backslashes and double quotes.
+            value = jaas.split(" = '", 1)[1].removesuffix("',").replace("''", "'")
+            assert value.startswith("org.apache.flink.kafka.shaded.org.apache.kafka.common."
+                                    "security.scram.ScramLoginModule "
+                                    'required username="central" password="')  # fmt: skip
+            quoted = value.split('password="', 1)[1].removesuffix('";')
+            assert quoted.replace('\\"', '"').replace("\\\\", "\\") == password
+
+
+def test_client_certificates_are_refused_for_the_central_jobs() -> None:
+    from pydantic import ValidationError
+
+    mtls = {"security_protocol": "SSL", "ssl_ca_location": "/ca.pem",
+            "ssl_certificate_location": "/c.pem", "ssl_key_location": "/k.pem"}  # fmt: skip
+    with pytest.raises(ValidationError, match="client certificates"):
+        CentralSettings(kafka=mtls)
+    own = "'properties.security.protocol' = 'SSL',"
+    settings = CentralSettings(kafka=mtls, central={"variables": {"kafka_client_options": own}})
+    assert settings.job_variables("monitor")["kafka_client_options"] == own
+
+
 def test_bad_durations_and_job_names_are_refused() -> None:
     from pydantic import ValidationError
 
