@@ -107,7 +107,7 @@ class StreamModel:
         spec = self.manifest.features
         if self.baselines is None:
             return spec.vectorize(documents)
-        return spec.clean(*spec.extract(documents))
+        return spec.clean(*spec.extract(documents), copy=False)
 
     def inputs(self, devices: list[str], rows: Rows) -> tuple[FloatMatrix, Prepared | None]:
         """Model inputs of vectorized rows, through the baselines if the model has them."""

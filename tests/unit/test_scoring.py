@@ -65,3 +65,33 @@ def test_deviation_weight_blends_the_input_itself_into_each_error(kind: ScoreKin
     per_feature = np.square(inputs).reshape(40, spec.window, spec.width).mean(axis=1)
     if kind == "max_feature_mse":
         np.testing.assert_allclose(blended.scores, per_feature.max(axis=1), rtol=1e-5)
+
+
+def payments_scorer() -> Scorer:
+    trusted = load_trusted_keys(BUNDLES / "dev-signing-key.DEVELOPMENT-ONLY.pub.pem")
+    return Scorer(load_bundle(BUNDLES / "payments-fraud.ewb", trusted))
+
+
+def test_a_batch_scores_the_same_whatever_was_scored_before() -> None:
+    """Padding rows of a bucket keep the previous batch's values; they must not leak."""
+    width = payments_scorer().width
+    rng = np.random.default_rng(11)
+    small = rng.normal(size=(3, width)).astype(np.float32)
+    fresh = payments_scorer().score(small)
+    used = payments_scorer()
+    used.score(rng.normal(scale=8.0, size=(8, width)).astype(np.float32))  # same bucket, full
+    again = used.score(small)
+    np.testing.assert_array_equal(again.scores, fresh.scores)
+    np.testing.assert_array_equal(again.errors, fresh.errors)
+
+
+def test_contributions_name_each_rows_largest_errors_largest_first() -> None:
+    scorer = payments_scorer()
+    errors = np.random.default_rng(3).random((70, scorer.width)).astype(np.float32)
+    names = scorer.manifest.features.names
+    for top_k in (1, 3, scorer.width + 5):
+        contributions = scorer.contributions(errors, top_k)
+        for row, found in zip(errors, contributions, strict=True):
+            order = np.argsort(-row)[: min(top_k, scorer.width)]
+            assert list(found) == [names[j] for j in order]
+            assert list(found.values()) == pytest.approx([row[j] for j in order], abs=1e-6)
