@@ -8,9 +8,12 @@ measured. That subscriber decodes and acks whole reads at once: on two cores sha
 service, Mosquitto and the harness, a per-message paho subscriber took 24 CPU µs per
 message, this one 9. Every variant acks a raw message only after its output was acknowledged.
 Latency: the agent at a fixed 2,000 msg/s, publish time to arrival of the scored event.
-Agent and echo runs alternate for ``--rounds`` rounds and each figure is the median over
-the rounds (the per-round figures are printed too): a 2-core box shared with the broker
-and the harness varies by ±15 % from run to run.
+Agent and echo runs alternate for ``--rounds`` rounds, which of the two goes first too, and
+each figure is the median over the rounds (the per-round figures are printed too): a 2-core
+box shared with the broker and the harness varies by ±15 % from run to run. One agent and
+one echo run before the rounds warm the broker and the harness and are not counted: of 14
+recorded runs, the first round's agent was > 10 % over its run's median CPU per message in
+3, later rounds in 3 of 54.
 
 CPU: each service's own CPU time (user + system, from the kernel's accounting of the
 exited process) over the messages it handled, start-up and shutdown taken out (the start
@@ -337,9 +340,14 @@ def main() -> int:
                         "agent_cpu_us", "echo_cpu_us", "shadow_cpu_us")
     }  # fmt: skip
     with mosquitto_only() as stack:
-        for _ in range(args.rounds):
-            agent_rate, agent_rss, agent_cpu = measure(stack, "agent", args.count, workdir)
-            echo_rate, _, echo_cpu = measure(stack, "echo", args.count, workdir)
+        for variant in ("agent", "echo"):  # warm-up, not counted (see the docstring)
+            measure(stack, variant, args.count, workdir)
+        for number in range(args.rounds):
+            measured = {}
+            for variant in ("agent", "echo") if number % 2 == 0 else ("echo", "agent"):
+                measured[variant] = measure(stack, variant, args.count, workdir)
+            (agent_rate, agent_rss, agent_cpu), (echo_rate, _, echo_cpu) = (
+                measured["agent"], measured["echo"])  # fmt: skip
             shadow_rate, shadow_rss, shadow_cpu = measure(stack, "shadow", args.count, workdir)
             p50, p99, latency_rss = latency(stack, workdir, rate=2000, seconds=15)
             for key, value in (
