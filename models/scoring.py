@@ -70,6 +70,7 @@ class Scorer:
         self._num_threads = num_threads
         self._by_bucket: dict[int, tuple[Any, npt.NDArray[Any]]] = {}
         self._row_offsets = np.zeros((0, 1), dtype=np.intp)  # see contributions
+        self._names = np.array(self.manifest.features.names, dtype=object)
         probe, _ = self._interpreter(BUCKETS[0])
         (self._input,) = probe.get_input_details()
         (self._output,) = probe.get_output_details()
@@ -185,8 +186,6 @@ class Scorer:
             self._row_offsets = np.arange(rows)[:, None] * spec.width
         flat = per_feature.reshape(-1)[top + self._row_offsets[:rows]]
         values = np.round(flat, 6).tolist()
-        names = spec.names
-        return [
-            dict(zip([names[j] for j in row], row_values, strict=True))
-            for row, row_values in zip(top.tolist(), values, strict=True)
-        ]
+        names = self._names[top].tolist()  # each row's top names, in one step
+        return [dict(zip(row, row_values, strict=True))
+                for row, row_values in zip(names, values, strict=True)]  # fmt: skip

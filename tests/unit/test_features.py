@@ -58,6 +58,13 @@ def test_non_finite_values_reject_with_field_name(value: object) -> None:
     assert np.isfinite(x).all()
 
 
+@pytest.mark.parametrize("bad", [{"b": 1.0}, {"a": "x", "b": 1.0}, {"a": 10**400, "b": 1.0}])
+def test_one_bad_row_leaves_the_other_rows_of_its_batch_as_they_are(bad: object) -> None:
+    x, rejected = spec().vectorize([{"a": 5, "b": 1.5}, bad, {"a": 3, "b": -1}])  # type: ignore[list-item]
+    assert [r.index for r in rejected] == [1]
+    np.testing.assert_allclose(x[[0, 2]], [[2.0, 1.5], [1.0, -1.0]])
+
+
 def test_invalid_values_can_be_imputed() -> None:
     x, rejected = spec(on_invalid="impute", impute_value=5.0).vectorize(
         [{"a": math.nan, "b": 0.0}, {"a": "oops", "b": 0.0}]
