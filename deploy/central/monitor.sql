@@ -4,8 +4,11 @@
 --
 -- What the job guarantees
 --   * One row per node × stream × model (name, version) × minute of scored events:
---     events, alerts (anomaly = true), alert_rate, score_mean, score_max; and one row per
---     node × stream × reason × minute of dead-letters (kind = 'deadletter').
+--     events, alerts (anomaly = true), alert_rate, score_mean, score_max (kind = 'scored');
+--     the same for the second model that scored them where a box runs one (a candidate in
+--     shadow, or the previous model on probation: the event's `shadow`, kind = 'shadow'),
+--     so its alert rate sits beside the serving model's, minute by minute and box by box;
+--     and one row per node × stream × reason × minute of dead-letters (kind = 'deadletter').
 --   * Event time is when the box produced the document: `scored_at` of a scored event
 --     (the agent's clock; a device's own `ts` can be anything), `rejected_at` of a
 --     dead-letter. Watermark = newest event time seen − ${watermark_delay_s} s per Kafka
@@ -41,6 +44,7 @@ CREATE TEMPORARY TABLE scored (
     score DOUBLE,
     threshold DOUBLE,
     anomaly BOOLEAN,
+    shadow ROW<model ROW<name STRING, version INT>, score DOUBLE, anomaly BOOLEAN>,
     -- Never NULL (a NULL rowtime fails the job): a document without scored_at counts at
     -- epoch 0, i.e. as late, and is left out.
     event_time AS TO_TIMESTAMP_LTZ(CAST(COALESCE(scored_at, 0.0) * 1000 AS BIGINT), 3),
@@ -111,8 +115,10 @@ CREATE TEMPORARY TABLE monitoring (
     'properties.transaction.timeout.ms' = '${transaction_timeout_ms}'
 );
 
-CREATE TEMPORARY VIEW scored_rows AS
+-- Each scored event once for its serving model and, when it has one, once for its second.
+CREATE TEMPORARY VIEW model_rows AS
 SELECT
+    'scored' AS kind,
     COALESCE(CAST(headers['node_id'] AS STRING), 'unknown') AS node,
     COALESCE(`stream`, 'unknown') AS `stream`,
     model.name AS model_name,
@@ -120,7 +126,19 @@ SELECT
     anomaly,
     score,
     event_time
-FROM scored;
+FROM scored
+UNION ALL
+SELECT
+    'shadow' AS kind,
+    COALESCE(CAST(headers['node_id'] AS STRING), 'unknown') AS node,
+    COALESCE(`stream`, 'unknown') AS `stream`,
+    shadow.model.name AS model_name,
+    shadow.model.version AS model_version,
+    shadow.anomaly AS anomaly,
+    shadow.score AS score,
+    event_time
+FROM scored
+WHERE shadow.score IS NOT NULL;
 
 CREATE TEMPORARY VIEW deadletter_rows AS
 SELECT
@@ -132,7 +150,7 @@ FROM deadletter;
 
 INSERT INTO monitoring
 SELECT
-    'scored' AS kind,
+    kind,
     CAST(EXTRACT(EPOCH FROM window_start) AS DOUBLE) AS window_start,
     CAST(EXTRACT(EPOCH FROM window_end) AS DOUBLE) AS window_end,
     node,
@@ -145,8 +163,8 @@ SELECT
     CAST(COUNT(*) FILTER (WHERE anomaly) AS DOUBLE) / COUNT(*) AS alert_rate,
     AVG(score) AS score_mean,
     MAX(score) AS score_max
-FROM TABLE(TUMBLE(TABLE scored_rows, DESCRIPTOR(event_time), INTERVAL '1' MINUTE))
-GROUP BY window_start, window_end, node, `stream`, model_name, model_version
+FROM TABLE(TUMBLE(TABLE model_rows, DESCRIPTOR(event_time), INTERVAL '1' MINUTE))
+GROUP BY window_start, window_end, kind, node, `stream`, model_name, model_version
 UNION ALL
 SELECT
     'deadletter' AS kind,

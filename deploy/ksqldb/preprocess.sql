@@ -160,16 +160,30 @@ CREATE STREAM IF NOT EXISTS scored_raw (
     scored_at DOUBLE,
     model STRUCT<name VARCHAR, version INT, sha256 VARCHAR>,
     score DOUBLE,
-    anomaly BOOLEAN
+    anomaly BOOLEAN,
+    shadow STRUCT<model STRUCT<name VARCHAR, version INT>, score DOUBLE, anomaly BOOLEAN>
 ) WITH (KAFKA_TOPIC = 'edge.scored.payments', KEY_FORMAT = 'KAFKA', VALUE_FORMAT = 'JSON');
 -- One more such stream per scored topic (edge.scored.sensors, ...), INSERT INTO scored_timed.
 
+-- Each scored event once for its serving model (kind 'scored') and, when it has one, once
+-- for its second model (kind 'shadow': a candidate in shadow or the model on probation).
 CREATE STREAM IF NOT EXISTS scored_timed WITH (TIMESTAMP = 'event_ms') AS
-SELECT COALESCE(FROM_BYTES(header_node, 'utf8'), 'unknown') AS node,
+SELECT 'scored' AS kind,
+       COALESCE(FROM_BYTES(header_node, 'utf8'), 'unknown') AS node,
        COALESCE(`stream`, 'unknown') AS `stream`,
        model->name AS model_name, model->version AS model_version,
        score, anomaly, CAST(COALESCE(scored_at, 0) * 1000 AS BIGINT) AS event_ms
 FROM scored_raw;
+
+INSERT INTO scored_timed
+SELECT 'shadow' AS kind,
+       COALESCE(FROM_BYTES(header_node, 'utf8'), 'unknown') AS node,
+       COALESCE(`stream`, 'unknown') AS `stream`,
+       shadow->model->name AS model_name, shadow->model->version AS model_version,
+       shadow->score AS score, shadow->anomaly AS anomaly,
+       CAST(COALESCE(scored_at, 0) * 1000 AS BIGINT) AS event_ms
+FROM scored_raw
+WHERE shadow->score IS NOT NULL;
 
 CREATE STREAM IF NOT EXISTS deadletter_raw (
     device VARCHAR KEY,
@@ -188,7 +202,8 @@ FROM deadletter_raw;
 
 CREATE TABLE IF NOT EXISTS monitoring_scored
     WITH (KAFKA_TOPIC = 'edge.monitoring.scored', VALUE_FORMAT = 'JSON') AS
-SELECT node, `stream`, model_name, model_version,
+SELECT kind, node, `stream`, model_name, model_version,
+       AS_VALUE(kind) AS kind_value,
        AS_VALUE(node) AS node_value, AS_VALUE(`stream`) AS stream_value,
        AS_VALUE(model_name) AS model_name_value, AS_VALUE(model_version) AS model_version_value,
        CAST(WINDOWSTART AS DOUBLE) / 1000 AS window_start,
@@ -200,7 +215,7 @@ SELECT node, `stream`, model_name, model_version,
        MAX(score) AS score_max
 FROM scored_timed
 WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 30 SECONDS)
-GROUP BY node, `stream`, model_name, model_version
+GROUP BY kind, node, `stream`, model_name, model_version
 EMIT FINAL;
 
 CREATE TABLE IF NOT EXISTS monitoring_deadletter
@@ -216,9 +231,9 @@ WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 30 SECONDS)
 GROUP BY node, `stream`, reason
 EMIT FINAL;
 
--- edge.monitoring: both kinds in the columns of topics.md, key = node.
+-- edge.monitoring: every kind in the columns of topics.md, key = node.
 CREATE STREAM IF NOT EXISTS monitoring_scored_rows (
-    node_value VARCHAR, stream_value VARCHAR, model_name_value VARCHAR,
+    kind_value VARCHAR, node_value VARCHAR, stream_value VARCHAR, model_name_value VARCHAR,
     model_version_value INT, window_start DOUBLE, window_end DOUBLE, events BIGINT,
     alerts BIGINT, alert_rate DOUBLE, score_mean DOUBLE, score_max DOUBLE
 ) WITH (KAFKA_TOPIC = 'edge.monitoring.scored', VALUE_FORMAT = 'JSON');
@@ -230,7 +245,7 @@ CREATE STREAM IF NOT EXISTS monitoring_deadletter_rows (
 
 CREATE STREAM IF NOT EXISTS monitoring
     WITH (KAFKA_TOPIC = 'edge.monitoring', VALUE_FORMAT = 'JSON') AS
-SELECT node_value AS node, 'scored' AS kind, window_start, window_end,
+SELECT node_value AS node, kind_value AS kind, window_start, window_end,
        AS_VALUE(node_value) AS node_copy, stream_value AS `stream`,
        model_name_value AS model_name, model_version_value AS model_version,
        CAST(NULL AS VARCHAR) AS reason, events, alerts, alert_rate, score_mean, score_max

@@ -267,14 +267,26 @@ def test_preprocess_payments_yields_exactly_the_labelled_deduplicated_masked_row
     assert [job.state for job in central.jobs.alive("preprocess_payments")] == ["RUNNING"]
 
 
-def scored_event(node: str, version: int, scored_at: float, score: float,
-                 stream: str = "payments") -> dict[str, Any]:  # fmt: skip
-    """A scored event as the agent writes it (plumbing contract), model by version."""
-    return {"event_id": f"{node}-{version}-{scored_at}", "device": "term-a", "stream": stream,
-            "ts": None, "scored_at": scored_at,
-            "model": {"name": f"{stream}-fraud", "version": version, "sha256": "ab" * 32},
-            "score": score, "threshold": 1.0, "anomaly": score >= 1.0,
-            "contributions": {"V14": 0.5}}  # fmt: skip
+def scored_event(
+    node: str,
+    version: int,
+    scored_at: float,
+    score: float,
+    *,
+    stream: str = "payments",
+    shadow: float | None = None,
+) -> dict[str, Any]:
+    """A scored event as the agent writes it (plumbing contract), model by version; with
+    ``shadow``, version 3 scored it too (a candidate in shadow)."""
+    event = {"event_id": f"{node}-{version}-{scored_at}", "device": "term-a", "stream": stream,
+             "ts": None, "scored_at": scored_at,
+             "model": {"name": f"{stream}-fraud", "version": version, "sha256": "ab" * 32},
+             "score": score, "threshold": 1.0, "anomaly": score >= 1.0,
+             "contributions": {"V14": 0.5}}  # fmt: skip
+    if shadow is not None:
+        event["shadow"] = {"model": {"name": f"{stream}-fraud", "version": 3}, "score": shadow,
+                           "anomaly": shadow >= 1.0}  # fmt: skip
+    return event
 
 
 def deadletter(reason: str, rejected_at: float, stream: str = "payments") -> dict[str, Any]:
@@ -285,6 +297,7 @@ def deadletter(reason: str, rejected_at: float, stream: str = "payments") -> dic
 
 
 def test_monitor_counts_each_minute_per_node_stream_and_model_version(central: Central) -> None:
+    """Serving models and, where a box shadows a candidate, the candidate's own results."""
     scored_topic = f"{central.settings.central.topic_prefix}.scored.payments"
     deadletter_topic = central.topic("deadletter_topic")
     out_topic = central.topic("monitoring_topic")
@@ -295,9 +308,11 @@ def test_monitor_counts_each_minute_per_node_stream_and_model_version(central: C
     for node in ("box-1", "box-2"):
         for version in (1, 2):
             scores = [0.2, 0.4, 1.5] if version == 1 else [0.1, 2.5]
-            for k, score in enumerate(scores):
-                writer.event(scored_topic, "term-a", scored_event(node, version, t0 + 10 + k,
-                                                                  score), node)  # fmt: skip
+            # box-1 shadows version 3 beside version 2 for these two events.
+            shadows = [0.6, 1.4] if (node, version) == ("box-1", 2) else [None] * len(scores)
+            for k, (score, shadow) in enumerate(zip(scores, shadows, strict=True)):
+                event = scored_event(node, version, t0 + 10 + k, score, shadow=shadow)
+                writer.event(scored_topic, "term-a", event, node)
             # Out of order within the watermark delay: still minute t0.
             writer.event(scored_topic, "term-a", scored_event(node, version, t0 + 59, 0.3), node)
             writer.event(scored_topic, "term-a", scored_event(node, version, t0 + 55, 0.9), node)
@@ -319,14 +334,14 @@ def test_monitor_counts_each_minute_per_node_stream_and_model_version(central: C
                 row["model_version"], row["reason"])  # fmt: skip
 
     try:
-        reader.until(lambda rows: len(rows) >= 10, 120, "the 10 rows of the first minutes")
+        reader.until(lambda rows: len(rows) >= 11, 120, "the 11 rows of the first minutes")
         # Too late: its minute was emitted already, so it must change nothing. The event
         # after it (same partition) closes minute t0 + 600: once that row is out, the late
         # one has been processed.
         writer.event(scored_topic, "term-a", scored_event("box-1", 1, t0 + 20, 9.0), "box-1")
         writer.event(scored_topic, "term-a", scored_event("box-1", 1, t0 + 1200, 0.1), "box-1")
         writer.flush()
-        reader.until(lambda rows: len(rows) >= 11, 60, "the row of minute t0 + 600")
+        reader.until(lambda rows: len(rows) >= 12, 60, "the row of minute t0 + 600")
         rows = reader.quiet()
     finally:
         reader.close()
@@ -354,12 +369,16 @@ def test_monitor_counts_each_minute_per_node_stream_and_model_version(central: C
         {"kind": "deadletter", "window_start": t0, "window_end": t0 + 60, "node": "box-2",
          "stream": "sensors", "reason": "no_model", "events": 1, **empty},
     ]  # fmt: skip
+    want.append({"kind": "shadow", "window_start": t0, "window_end": t0 + 60, "node": "box-1",
+                 "stream": "payments", "model_name": "payments-fraud", "model_version": 3,
+                 "reason": None, "events": 2, "alerts": 1, "alert_rate": 0.5,
+                 "score_mean": 1.0, "score_max": 1.4})  # fmt: skip
     want.append({"kind": "scored", "window_start": t0 + 600, "window_end": t0 + 660,
                  "node": "box-1", "stream": "payments", "model_name": "payments-fraud",
                  "model_version": 1, "reason": None, "events": 1, "alerts": 0,
                  "alert_rate": 0.0, "score_mean": 0.1, "score_max": 0.1})  # fmt: skip
     want_by_key = {key(row): row for row in want}
-    assert len(rows) == len(want_by_key) == 11
+    assert len(rows) == len(want_by_key) == 12
     assert sorted(map(key, rows)) == sorted(want_by_key)
     for row in rows:
         assert_rows_equal(row, want_by_key[key(row)])
