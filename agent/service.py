@@ -331,10 +331,16 @@ class AgentService:
             if state.get("probation"):
                 self._resume_probation(stream, entry, bundle)
         active_now = entry.rollout.active
-        if configured is not None and (
-            active_now is None or configured[0].manifest.version > active_now.number
-        ):
+        if configured is None:
+            return
+        if active_now is None or configured[0].manifest.version > active_now.number:
             self._offer(stream, *configured)  # a newer file (say, a package upgrade): shadowed
+        elif configured[0].sha256 != active_now.sha256:
+            # Boxes only ever move to a higher version: a rebuilt model shipped under a
+            # version number already served here would otherwise be ignored in silence.
+            log.warning("stream %s: %s is not newer than the %s serving and differs from it; "
+                        "ignored (a release needs a higher version)", stream,
+                        configured[0].label, active_now)  # fmt: skip
 
     def _resume_probation(self, stream: str, entry: _Stream, bundle: Bundle) -> None:
         reference = entry.rollout.previous[0] if entry.rollout.previous else None

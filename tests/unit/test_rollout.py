@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -499,17 +500,17 @@ def test_agent_rollout_command_shows_the_store(
     assert shown["bundles"] == [{"version": 2, "verified": True}, {"version": 1, "verified": False}]
 
 
-def _service(tmp_path: Path) -> AgentService:
+def _service(tmp_path: Path, bundle: Path | None = None) -> AgentService:
     """An agent service that is never started: its rollout shell, without brokers."""
     from agent.settings import AgentSettings
 
     repo = Path(__file__).resolve().parents[2]
+    bundle = bundle or repo / "models/bundles/payments-fraud.ewb"
     config = tmp_path / "agent.toml"
     config.write_text(
         f'node_id = "box-x"\ntrusted_keys = "{repo / "models/bundles"}"\n'
         f'[rollout]\nstate_dir = "{tmp_path / "state"}"\n'
-        f'[streams.payments]\nbundle = "{repo / "models/bundles/payments-fraud.ewb"}"\n'
-        'model = "payments-fraud"\n'
+        f'[streams.payments]\nbundle = "{bundle}"\nmodel = "payments-fraud"\n'
     )
     return AgentService(AgentSettings.load(config))
 
@@ -554,6 +555,19 @@ def test_service_shell_rejects_what_does_not_load_and_skips_other_cohorts(tmp_pa
     again = _service(tmp_path).rollouts["payments"].rollout
     assert again.active is not None
     assert (again.active.number, again.rejected) == (1, {2})
+
+
+def test_a_configured_rebuild_under_the_serving_version_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shipped = _service(tmp_path).rollouts["payments"].rollout.active  # stored as serving
+    rebuilt = tmp_path / "payments-fraud-rebuilt.ewb"
+    rebuilt.write_bytes(_signed(1, created_at="2026-12-01T00:00:00+00:00"))
+    with caplog.at_level(logging.WARNING, logger="agent.service"):
+        service = _service(tmp_path, bundle=rebuilt)
+    assert service.rollouts["payments"].rollout.active == shipped
+    assert service.pipeline.shadows == {}
+    assert "is not newer than the v1 serving and differs from it" in caplog.text
 
 
 def test_stage_command_resigns_a_bundle_for_a_cohort(tmp_path: Path) -> None:
