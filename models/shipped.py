@@ -24,6 +24,10 @@ from models.training import TrainConfig, TrainedModel, unsigned_bundle
 log = logging.getLogger(__name__)
 
 CREATED_AT = "2026-11-23T00:00:00+00:00"
+# A shipped model whose bytes change takes the next version: a box only ever moves to a
+# higher one (what it promoted and stored beats a configured file of the same version).
+# sensors-skab 1 was the 8-1-8 model; 2 the 16-4-16 one with the blended score.
+SENSORS_VERSION = 2
 PUBLIC_KEY_NAME = "dev-signing-key.DEVELOPMENT-ONLY.pub.pem"
 SAMPLES = Path(__file__).resolve().parent / "samples"
 
@@ -84,6 +88,7 @@ def build_sensors(datasets: Path) -> tuple[TrainedModel, dict[str, object]]:
         free,
         [read_table(p) for p in train_paths],
         skab.UNSEEN_CHOICE,
+        version=SENSORS_VERSION,
         created_at=CREATED_AT,
         info={
             "source": "SKAB anomaly-free.csv + first 400 rows of 20 files, each scaled by "

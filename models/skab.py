@@ -230,6 +230,7 @@ def train_unseen_model(
     window: int = UNSEEN_WINDOW,
     baseline: BaselineSpec = UNSEEN_BASELINE,
     score_kind: ScoreKind = UNSEEN_SCORE_KIND,
+    version: int = 1,
     created_at: str | None = None,
     info: dict[str, Any] | None = None,
 ) -> TrainedModel:
@@ -254,7 +255,7 @@ def train_unseen_model(
         np.concatenate(train),
         np.concatenate(calibration),
         name="sensors-skab",
-        version=1,
+        version=version,
         stream="sensors",
         config=config,
         training_info=info,
