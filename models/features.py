@@ -255,14 +255,16 @@ class FeatureSpec(BaseModel):
         centers = self.centers if centers is None else centers
         scales = self.scales if scales is None else scales
         # Division and the cast to float32 in one pass, clipping in place: every numpy call
-        # on a batch hands the GIL to the service's network threads and back.
-        scaled = np.divide(
-            values - centers,
-            scales,
-            dtype=np.float64,
-            out=np.empty(values.shape, np.float32),
-            casting="same_kind",
-        )
+        # on a batch hands the GIL to the service's network threads and back. A value beyond
+        # float32's range becomes ±inf, which the clip bounds: not worth a warning.
+        with np.errstate(over="ignore"):
+            scaled = np.divide(
+                values - centers,
+                scales,
+                dtype=np.float64,
+                out=np.empty(values.shape, np.float32),
+                casting="same_kind",
+            )
         clips = np.array([f.clip if f.clip is not None else np.inf for f in self.fields])
         return np.clip(scaled, -clips, clips, out=scaled)
 

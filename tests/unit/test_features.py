@@ -65,6 +65,14 @@ def test_one_bad_row_leaves_the_other_rows_of_its_batch_as_they_are(bad: object)
     np.testing.assert_allclose(x[[0, 2]], [[2.0, 1.5], [1.0, -1.0]])
 
 
+@pytest.mark.filterwarnings("error")
+def test_a_value_beyond_float32_is_clipped_without_a_warning() -> None:
+    x, rejected = spec().vectorize([{"a": 1e300, "b": -1e300}])
+    assert rejected == []
+    assert x[0, 1] == -3.0
+    assert x[0, 0] == np.inf  # no clip for "a": the scorer's quantization bounds it
+
+
 def test_invalid_values_can_be_imputed() -> None:
     x, rejected = spec(on_invalid="impute", impute_value=5.0).vectorize(
         [{"a": math.nan, "b": 0.0}, {"a": "oops", "b": 0.0}]
