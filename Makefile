@@ -8,9 +8,9 @@ STAMP  := $(VENV)/.installed
 JARS   := .cache/kafka-libs/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps central-deps lint typecheck pytest test test-unit test-deploy test-arm64 deploy-deps demo loop bench stack-up stack-down stack-status bundles clean
+.PHONY: setup native system-deps central-deps lint typecheck pytest test test-unit test-deploy test-arm64 deploy-deps demo loop bench stack-up stack-down stack-status bundles clean
 
-setup: system-deps $(STAMP) $(JARS) central-deps
+setup: system-deps $(STAMP) $(JARS) central-deps native
 
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
@@ -23,6 +23,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[edge,train,dev]"
 	touch $@
+
+# The agent's native payload reader (agent/native, Rust; optional: without it the agent reads
+# payloads in Python). Cargo's build directory is kept in $EDGEWATCH_CACHE, outside the clone.
+CACHE  ?= $(or $(EDGEWATCH_CACHE),$(HOME)/.cache/edgewatch)
+CARGO  ?= $(shell command -v cargo || echo $(HOME)/.cargo/bin/cargo)
+NATIVE := agent/_rows.abi3.so
+
+native: $(NATIVE)
+
+$(NATIVE): agent/native/Cargo.toml agent/native/Cargo.lock agent/native/src/lib.rs
+	@[ -x "$(CARGO)" ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cargo; }
+	$(or $(wildcard $(CARGO)),cargo) build -q --release --locked \
+		--manifest-path agent/native/Cargo.toml --target-dir $(CACHE)/cargo-target
+	cp $(CACHE)/cargo-target/release/lib_rows.so $@
 
 $(JARS): deploy/dev/kafka/pom.xml
 	mvn -q -B -f deploy/dev/kafka/pom.xml dependency:copy-dependencies
@@ -94,4 +108,4 @@ stack-status:
 
 clean:
 	-$(PY) deploy/dev/stack.py destroy
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache $(NATIVE)

@@ -1,7 +1,8 @@
 """From raw MQTT messages to scored events, alerts and dead-letters; no I/O here.
 
 The service feeds it micro-batches from MQTT, ``edgewatch-agent score`` feeds it a file:
-both get the same documents. Per stream, a batch is vectorised by the bundle's feature spec
+both get the same documents. Per stream, a batch's payloads are read at once (natively where
+the native reader is built, see ``agent.reading``), vectorised by the bundle's feature spec
 and scored in one interpreter call.
 """
 
@@ -17,11 +18,12 @@ import numpy.typing as npt
 
 from agent.baselines import DeviceBaselines, Prepared
 from agent.jsonguard import PayloadRejectedError, parse_object
+from agent.reading import PayloadReader, ReadBatch
 from agent.rollout import ShadowFigures
 from models.bundle import Bundle
 from models.features import FloatMatrix, Rejection, WindowState
 from models.scoring import Scorer
-from plumbing.events import Topics, deadletter_document, dumps, event_id_of
+from plumbing.events import Topics, deadletter_document, dumps, event_id_from
 
 NO_MODEL = "no_model"
 TOPIC_CACHE_MAX = 4096  # parsed topics remembered (then forgotten all at once)
@@ -64,7 +66,7 @@ class _Route:
 
 
 _UNSEEN = _Route("", "", "", "")  # a topic not parsed yet
-_Item = tuple[int, _Route, dict[str, Any]]  # index in the batch, route, parsed document
+_Item = tuple[int, _Route]  # index in the batch, route
 
 
 class StreamModel:
@@ -76,12 +78,18 @@ class StreamModel:
     """
 
     def __init__(
-        self, bundle: Bundle, max_devices: int, baseline_devices: int | None = None
+        self,
+        bundle: Bundle,
+        max_devices: int,
+        baseline_devices: int | None = None,
+        *,
+        native_reader: bool = True,
     ) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.scorer = Scorer(bundle)
         spec = self.manifest.features
+        self.reader = PayloadReader(spec, native=None if native_reader else False)
         self.windows = WindowState(spec.window, spec.width, max_devices)
         self.baselines: DeviceBaselines | None = None
         if self.manifest.baseline is not None:
@@ -102,12 +110,13 @@ class StreamModel:
             "sha256": bundle.sha256,
         }
 
-    def vectorize(self, documents: list[dict[str, Any]]) -> tuple[Rows, list[Rejection]]:
-        """Rows of payloads: scaled, or (with baselines, which scale per device) cleaned."""
+    def vectorize(self, read: ReadBatch) -> tuple[Rows, list[Rejection]]:
+        """Rows of read payloads: scaled, or (with baselines, which scale per device) cleaned."""
         spec = self.manifest.features
+        values, rejections = spec.clean(read.raw, read.rejections, copy=False)
         if self.baselines is None:
-            return spec.vectorize(documents)
-        return spec.clean(*spec.extract(documents), copy=False)
+            return spec.scale(values), rejections
+        return values, rejections
 
     def inputs(self, devices: list[str], rows: Rows) -> tuple[FloatMatrix, Prepared | None]:
         """Model inputs of vectorized rows, through the baselines if the model has them."""
@@ -160,7 +169,6 @@ class Pipeline:
         self.last_inference_s = 0.0
         self.shadow_figures = {}
         routes, models = self._parsed_topics, self.models
-        max_bytes, max_depth = self.limits.max_payload_bytes, self.limits.max_json_depth
         for i, inbound in enumerate(batch):
             route = routes.get(inbound.topic, _UNSEEN)
             if route is _UNSEEN:
@@ -168,22 +176,13 @@ class Pipeline:
             if route is None:
                 outcomes[i] = self._reject(inbound, "?", "?", BAD_TOPIC, "not a raw event topic")
                 continue
-            try:
-                document = parse_object(inbound.payload, max_bytes=max_bytes, max_depth=max_depth)
-            except PayloadRejectedError as exc:
-                outcomes[i] = self._reject(inbound, route.device, route.stream, exc.reason,
-                                           exc.detail)  # fmt: skip
-                continue
             items = valid.get(route.stream)
             if items is None:
                 if route.stream not in models:
-                    outcomes[i] = self._reject(
-                        inbound, route.device, route.stream, NO_MODEL,
-                        "no model loaded for stream", document,
-                    )  # fmt: skip
+                    outcomes[i] = self._unmodelled(inbound, route)
                     continue
                 items = valid[route.stream] = []
-            items.append((i, route, document))
+            items.append((i, route))
         for stream, items in valid.items():
             self._score_stream(batch, stream, items, outcomes)
         return [o for o in outcomes if o is not None]
@@ -210,19 +209,24 @@ class Pipeline:
         items: list[_Item],
         outcomes: list[Outcome | None],
     ) -> None:
-        """Vectorize, score and build the events of one stream's items (into ``outcomes``)."""
+        """Read, score and build the events of one stream's items (into ``outcomes``)."""
         model = self.models[stream]
-        rows, rejections = model.vectorize([item[2] for item in items])
+        payloads = [batch[i].payload for i, _ in items]
+        read = self._read(model, payloads)
+        event_ids, stamps = read.event_ids, read.ts
+        rows, rejections = model.vectorize(read)
         if rejections:
             rejected = {r.index: r for r in rejections}
             for j, rejection in rejected.items():
-                i, route, document = items[j]
+                i, route = items[j]
                 outcomes[i] = self._reject(batch[i], route.device, stream, rejection.reason,
-                                           rejection.detail, document)  # fmt: skip
+                                           rejection.detail, event_ids[j])  # fmt: skip
             keep = [j for j in range(len(items)) if j not in rejected]
             if not keep:
                 return
             items, rows = [items[j] for j in keep], rows[keep]
+            payloads = [payloads[j] for j in keep]
+            event_ids, stamps = [event_ids[j] for j in keep], [stamps[j] for j in keep]
         started = time.perf_counter()
         inputs, prepared = model.inputs([item[1].device for item in items], rows)
         scaled = rows if prepared is None else prepared.rows
@@ -239,18 +243,18 @@ class Pipeline:
         else:  # each device's own threshold; a warming device never alerts
             warming, thresholds = prepared.warming, prepared.thresholds.tolist()
             anomalies = ((exact >= prepared.thresholds) & ~np.array(warming, bool)).tolist()
-        shadow = self._shadow(stream, items, scaled, exact, serving_alerts=anomalies,
-                              serving_s=serving_s)  # fmt: skip
+        shadow = self._shadow(stream, items, payloads, scaled, exact,
+                              serving_alerts=anomalies, serving_s=serving_s)  # fmt: skip
         info, now = model.info, time.time()
-        for n, (i, route, document) in enumerate(items):
+        for n, (i, route) in enumerate(items):
             inbound = batch[i]
             anomaly = anomalies[n]
-            event_id = event_id_of(inbound.topic, inbound.payload, document)
+            event_id = event_id_from(inbound.topic, inbound.payload, event_ids[n])
             event = {
                 "event_id": event_id,
                 "device": route.device,
                 "stream": stream,
-                "ts": document.get("ts"),
+                "ts": stamps[n],
                 "scored_at": now,
                 "model": info,
                 "score": scores[n],
@@ -272,6 +276,7 @@ class Pipeline:
         self,
         stream: str,
         items: list[_Item],
+        payloads: list[bytes],
         rows: Rows,
         serving: npt.NDArray[np.float64],
         *,
@@ -281,7 +286,7 @@ class Pipeline:
         """The stream's second model on the rows the serving one scored; figures recorded.
 
         It reuses the serving model's rows when both read the same features without
-        baselines, and vectorizes the payloads itself otherwise.
+        baselines, and reads the payloads itself otherwise.
         """
         other = self.shadows.get(stream)
         if other is None:
@@ -293,7 +298,7 @@ class Pipeline:
             ok, own = list(range(len(items))), rows
             if (other.manifest.features != served.manifest.features
                     or other.baselines is not None or served.baselines is not None):  # fmt: skip
-                own, rejections = other.vectorize([it[2] for it in items])
+                own, rejections = other.vectorize(self._read(other, payloads))
                 refused = {r.index for r in rejections}
                 ok = [j for j in ok if j not in refused]
                 own = own[ok]
@@ -323,6 +328,22 @@ class Pipeline:
             out[j] = {"model": model, "score": score, "anomaly": anomaly}
         return out
 
+    def _read(self, model: StreamModel, payloads: list[bytes]) -> ReadBatch:
+        limits = self.limits
+        return model.reader.read(payloads, max_bytes=limits.max_payload_bytes,
+                                 max_depth=limits.max_json_depth)  # fmt: skip
+
+    def _unmodelled(self, inbound: Inbound, route: _Route) -> Outcome:
+        """The dead-letter of a payload for a stream without a model (or an unparseable one)."""
+        limits = self.limits
+        try:
+            document = parse_object(inbound.payload, max_bytes=limits.max_payload_bytes,
+                                    max_depth=limits.max_json_depth)  # fmt: skip
+        except PayloadRejectedError as exc:
+            return self._reject(inbound, route.device, route.stream, exc.reason, exc.detail)
+        return self._reject(inbound, route.device, route.stream, NO_MODEL,
+                            "no model loaded for stream", document.get("event_id"))  # fmt: skip
+
     def _reject(  # noqa: PLR0917 - a private helper with one call shape
         self,
         inbound: Inbound,
@@ -330,9 +351,10 @@ class Pipeline:
         stream: str,
         reason: str,
         detail: str,
-        document: object = None,
+        own_id: object = None,
     ) -> Outcome:
-        event_id = event_id_of(inbound.topic, inbound.payload, document)
+        """A dead-letter outcome; ``own_id`` is the payload's "event_id" value, if read."""
+        event_id = event_id_from(inbound.topic, inbound.payload, own_id)
         entry = deadletter_document(
             event_id=event_id,
             topic=inbound.topic,

@@ -325,7 +325,7 @@ class AgentService:
                 rolled_back=state.get("rolled_back", ()), rejected=state.get("rejected", ()),
             )  # fmt: skip
             entry.instruction_at = float(state.get("instruction_at", 0.0))
-            self._serve(stream, StreamModel(bundle, self.settings.max_devices))
+            self._serve(stream, self._model(bundle))
             log.info("stream %s: serving %s as promoted before (not the configured file)",
                      stream, bundle.label)  # fmt: skip
             if state.get("probation"):
@@ -350,9 +350,7 @@ class AgentService:
             return
         entry.rollout.resume_probation(time.monotonic(), _overrides(bundle))
         self._warmed(self.pipeline.models[stream])  # both are timed from the first batch on
-        self.pipeline.shadows[stream] = self._warmed(
-            StreamModel(found[0], self.settings.max_devices)
-        )
+        self.pipeline.shadows[stream] = self._warmed(self._model(found[0]))
 
     def _serve(self, stream: str, model: StreamModel) -> None:
         """Make ``model`` the one that serves ``stream`` (between batches)."""
@@ -374,7 +372,13 @@ class AgentService:
             info = m.info
             self.metrics.model_info.labels(name, info["name"], str(info["version"]),
                                            info["sha256"]).set(1)  # fmt: skip
-        log.info("stream %s: serving %s (sha256 %s…)", stream, bundle.label, bundle.sha256[:12])
+        reader = "native" if model.reader.native else "Python"
+        log.info("stream %s: serving %s (sha256 %s…, %s payload reader)", stream, bundle.label,
+                 bundle.sha256[:12], reader)  # fmt: skip
+
+    def _model(self, bundle: Bundle) -> StreamModel:
+        settings = self.settings
+        return StreamModel(bundle, settings.max_devices, native_reader=settings.native_reader)
 
     def _warmed(self, model: StreamModel) -> StreamModel:
         """Run the model once at the batch sizes the agent uses, so that its interpreters
@@ -447,12 +451,10 @@ class AgentService:
         entry, kind, pipeline = self.rollouts[stream], decision.kind, self.pipeline
         if kind == "installed" and offered is not None:
             self.store.put(*offered)
-            self._serve(stream, StreamModel(offered[0], self.settings.max_devices))
+            self._serve(stream, self._model(offered[0]))
         elif kind == "shadow_started" and offered is not None:
             try:
-                pipeline.shadows[stream] = self._warmed(
-                    StreamModel(offered[0], self.settings.max_devices)
-                )
+                pipeline.shadows[stream] = self._warmed(self._model(offered[0]))
             except (EdgewatchError, ValueError, RuntimeError) as exc:  # LiteRT raises the latter
                 pipeline.shadows.pop(stream, None)
                 decision = entry.rollout.drop_candidate(f"does not load: {exc}")
@@ -513,7 +515,7 @@ class AgentService:
             self.store.put(*found)
             self.pipeline.shadows.pop(stream, None)
             entry.candidate = entry.pending = None
-            self._serve(stream, StreamModel(found[0], self.settings.max_devices))
+            self._serve(stream, self._model(found[0]))
         self._announce(stream, decision)
 
     def _find(self, stream: str, version: int) -> tuple[Bundle, bytes] | None:

@@ -227,6 +227,12 @@ class AgentSettings(ServiceSettings):
     max_json_depth: int = Field(
         32, ge=2, le=1000, description="Deeper JSON nesting is dead-lettered, not parsed."
     )
+    native_reader: bool = Field(
+        True,
+        description="Read payloads with the native reader where it is built (agent/native, "
+        "`make native`); false reads them in Python. Both read a payload the same way; the "
+        "log says which one serves.",
+    )
     max_devices: int = Field(
         10_000,
         ge=1,

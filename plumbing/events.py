@@ -68,11 +68,15 @@ def event_id_of(topic: str, payload: bytes, document: object = None) -> str:
     The hash covers the topic and the exact payload bytes, so a redelivered message gets the
     same id on every box and in every service.
     """
-    if isinstance(document, dict):
-        own = document.get("event_id")
-        # Printable only: ids travel in Kafka headers and spool records, never raw bytes.
-        if isinstance(own, str) and 0 < len(own) <= MAX_EVENT_ID_CHARS and own.isprintable():
-            return own
+    own = document.get("event_id") if isinstance(document, dict) else None
+    return event_id_from(topic, payload, own)
+
+
+def event_id_from(topic: str, payload: bytes, own: object) -> str:
+    """:func:`event_id_of` given the value of the payload's ``event_id`` field (None if none)."""
+    # Printable only: ids travel in Kafka headers and spool records, never raw bytes.
+    if isinstance(own, str) and 0 < len(own) <= MAX_EVENT_ID_CHARS and own.isprintable():
+        return own
     digest = hashlib.sha256(topic.encode("utf-8") + b"\x00" + payload).hexdigest()
     return digest[:32]
 

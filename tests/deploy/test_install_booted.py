@@ -132,8 +132,11 @@ def _raw_rows(stats: str) -> int:
 
 
 def _copy_repository(container: nspawn.Container) -> None:
+    """The checkout as a box gets it: its files, and the native reader built for this arch."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
                            capture_output=True, check=True).stdout  # fmt: skip
+    files += b"".join(path.relative_to(REPO).as_posix().encode() + b"\0"
+                      for path in (REPO / "agent").glob("_rows*.so"))  # fmt: skip
     archive = subprocess.run(["tar", "--null", "-T", "-", "-cf", "-"], cwd=REPO, input=files,
                              capture_output=True, check=True).stdout  # fmt: skip
     destination = container.path(SRC)
@@ -213,6 +216,12 @@ def test_both_units_are_active_after_ready(box: Box) -> None:
         assert box.show(unit, "SubState") == "running"
         assert box.show(unit, "UnitFileState") == "enabled"
     assert box.sh("systemctl is-enabled edgewatch.target") == "enabled"
+
+
+def test_the_installed_agent_reads_payloads_with_the_native_reader(box: Box) -> None:
+    # The wheel built on the box carries the reader that `make native` built in the checkout.
+    journal = box.sh("journalctl -u edgewatch-agent --no-pager -n 200")
+    assert "native payload reader" in journal, journal[-2000:]
 
 
 def test_installed_units_pass_systemd_analyze_verify(box: Box) -> None:

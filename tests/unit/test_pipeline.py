@@ -166,3 +166,43 @@ def test_remembered_topics_stay_bounded(pipeline: Pipeline) -> None:
     outcomes = pipeline.process([Inbound(f"edge/d{i}/raw/payments", body) for i in range(devices)])
     assert [o.document["device"] for o in outcomes] == [f"d{i}" for i in range(devices)]
     assert len(pipeline._parsed_topics) <= TOPIC_CACHE_MAX
+
+
+def test_the_native_and_the_python_reader_give_the_same_outcomes(pipeline: Pipeline) -> None:
+    bundle = pipeline.models["payments"].bundle
+    pipelines = []
+    for native in (True, False):
+        pipe = Pipeline(Topics(), Limits(max_payload_bytes=2048, max_json_depth=4))
+        pipe.models["payments"] = StreamModel(bundle, max_devices=100, native_reader=native)
+        pipe.shadows["payments"] = StreamModel(bundle, max_devices=100, native_reader=native)
+        assert pipe.models["payments"].reader.native is native  # the native one is built
+        pipelines.append(pipe)
+    payloads = [json.dumps({**valid_payload(i), "V3": 0.5 * i - 7}).encode() for i in range(40)]
+    payloads[3:9] = [
+        json.dumps({**valid_payload(3), "V2": "x"}).encode(),  # wrong type
+        json.dumps({**valid_payload(4), "Amount": None}).encode(),
+        json.dumps(valid_payload(5))[:-1].encode(),  # invalid JSON
+        json.dumps({**valid_payload(6), "V1": math.nan}).encode(),
+        json.dumps({**valid_payload(7), "x": [[[[[1]]]]]}).encode(),  # too deep
+        json.dumps({**valid_payload(8), "event_id": 8, "ts": {"at": 1}}).encode(),
+    ]
+    elsewhere = [Inbound("edge/term-2/raw/nothing", payloads[0]), Inbound("x", payloads[0])]
+    inbound = [Inbound(TOPIC, p) for p in payloads] + elsewhere
+    seen = []
+    for pipe in pipelines:
+        outcomes = pipe.process(inbound)
+        documents = [{k: v for k, v in (o.document or {}).items()
+                      if k not in {"scored_at", "rejected_at"}} for o in outcomes]  # fmt: skip
+        seen.append([(o.event_id, o.reason, [t for t, _ in o.publishes], json.dumps(d))
+                     for o, d in zip(outcomes, documents, strict=True)])  # fmt: skip
+    assert seen[0] == seen[1]
+    reasons = {reason for _, reason, _, _ in seen[0]}
+    assert {
+        WRONG_TYPE,
+        MISSING_FIELD,
+        INVALID_JSON,
+        NON_FINITE,
+        TOO_DEEP,
+        NO_MODEL,
+        BAD_TOPIC,
+    } <= reasons
