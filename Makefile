@@ -57,7 +57,7 @@ typecheck: $(STAMP)
 pytest: setup deploy-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) native
 	$(PY) -m pytest -m "not broker" $(PYTEST_ARGS)
 
 test: setup lint typecheck pytest

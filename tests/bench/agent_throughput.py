@@ -59,6 +59,7 @@ from common import (
 )
 
 from agent.pipeline import Inbound, Limits, Outcome, Pipeline, StreamModel
+from agent.reading import native_available
 from agent.replay import messages_from_file
 from agent.service import AgentService
 from agent.settings import AgentSettings
@@ -271,8 +272,9 @@ def latency(
 
 
 def pipeline_cost(count: int, rounds: int) -> dict[str, object]:
-    """µs per message in ``Pipeline.process`` alone (batches of 64), without and with a
-    candidate in shadow, alternating; best and median of ``rounds``; scored event size."""
+    """µs per message in ``Pipeline.process`` alone (batches of 64): as served (the native
+    payload reader where it is built), with the Python reader, and with a candidate in
+    shadow, alternating; best and median of ``rounds``; scored event size."""
     trusted = load_trusted_keys(KEY)
     serving = load_bundle(BUNDLE, trusted)
     shadow = load_bundle(candidate(Path(tempfile.mkdtemp(prefix="edgewatch-cost-"))), trusted)
@@ -280,31 +282,35 @@ def pipeline_cost(count: int, rounds: int) -> dict[str, object]:
     base = messages_from_file(SAMPLE, devices=16)
     batch = [Inbound(topics.event(m.device, "raw", "payments"), m.payload) for m in base]
     messages = (batch * (count // len(batch) + 1))[:count]
-    times: dict[bool, list[float]] = {False: [], True: []}
-    sizes: dict[bool, float] = {}
+    # name: (native reader where built, a candidate in shadow)
+    variants = {"pipeline": (True, False), "pipeline_python_reader": (False, False),
+                "pipeline_shadow": (True, True)}  # fmt: skip
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    sizes: dict[str, float] = {}
     for _ in range(rounds):
-        for with_shadow in (False, True):
+        for name, (native, with_shadow) in variants.items():
             pipeline = Pipeline(topics, Limits())
-            pipeline.models["payments"] = StreamModel(serving, 1000)
+            pipeline.models["payments"] = StreamModel(serving, 1000, native_reader=native)
             if with_shadow:
                 pipeline.shadows["payments"] = StreamModel(shadow, 1000)
             size, started = 0, time.perf_counter()
             for i in range(0, count, 64):
                 for outcome in pipeline.process(messages[i : i + 64]):
                     size += len(outcome.publishes[0][1])
-            times[with_shadow].append((time.perf_counter() - started) / count * 1e6)
-            sizes[with_shadow] = size / count
+            times[name].append((time.perf_counter() - started) / count * 1e6)
+            sizes[name] = size / count
+    figures: dict[str, object] = {
+        f"{name}_us_per_msg": {
+            "best": round(min(times[name]), 2),
+            "median": round(statistics.median(times[name]), 2),
+        }
+        for name in variants
+    }
     return {
-        "pipeline_us_per_msg": {
-            "best": round(min(times[False]), 2),
-            "median": round(statistics.median(times[False]), 2),
-        },
-        "pipeline_shadow_us_per_msg": {
-            "best": round(min(times[True]), 2),
-            "median": round(statistics.median(times[True]), 2),
-        },
-        "scored_event_bytes": round(sizes[False], 1),
-        "scored_event_with_shadow_bytes": round(sizes[True], 1),
+        **figures,
+        "native_reader": native_available(),
+        "scored_event_bytes": round(sizes["pipeline"], 1),
+        "scored_event_with_shadow_bytes": round(sizes["pipeline_shadow"], 1),
     }
 
 
