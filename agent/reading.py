@@ -11,6 +11,7 @@ the same (the agent's ``native_reader = false`` keeps to Python).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,7 @@ class PayloadReader:
         self._readers: dict[tuple[int, int], Any] = {}
 
     def read(self, payloads: list[bytes], *, max_bytes: int, max_depth: int) -> ReadBatch:
+        """The batch's rows, own ids and ts, with every payload that cannot be scored listed."""
         width = len(self.spec.names)
         if not self.native:
             batch = ReadBatch(np.empty((len(payloads), width)), [None] * len(payloads),
@@ -72,7 +74,7 @@ class PayloadReader:
         return batch
 
     def _read_in_python(
-        self, payloads: list[bytes], indices: Any, batch: ReadBatch, max_bytes: int,
+        self, payloads: list[bytes], indices: Sequence[int], batch: ReadBatch, max_bytes: int,
         max_depth: int,
     ) -> None:  # fmt: skip
         """Parse and extract the payloads at ``indices`` into ``batch``."""
